@@ -1,0 +1,94 @@
+"""One exception root for everything bigstore raises on purpose.
+
+Each leaf also inherits the builtin a caller would naturally catch (``KeyError`` for a missing
+tensor, ``FileNotFoundError`` for a missing store, ...), so ``except KeyError`` keeps working
+while ``except BigstoreError`` catches them all. Messages name the tensor, chunk or path.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BigstoreError",
+    "BudgetError",
+    "ChecksumError",
+    "CorruptChunkError",
+    "DTypeError",
+    "FormatVersionError",
+    "IncompleteStoreError",
+    "InvalidKeyError",
+    "InvalidURLError",
+    "MissingTensorError",
+    "NotAStoreError",
+    "ShapeError",
+    "StoreNotFoundError",
+    "TruncatedChunkError",
+    "UnsupportedCodecError",
+    "UnsupportedSourceError",
+]
+
+
+class BigstoreError(Exception):
+    """Root of every error bigstore raises on purpose."""
+
+
+class InvalidKeyError(BigstoreError, ValueError):
+    """A key or tensor name that is malformed or would escape the store's root."""
+
+
+class InvalidURLError(BigstoreError, ValueError):
+    """A URL whose scheme no installed backend serves, or that is malformed."""
+
+
+class StoreNotFoundError(BigstoreError, FileNotFoundError):
+    """No store at the URL (or a missing key inside one)."""
+
+
+class NotAStoreError(BigstoreError, ValueError):
+    """Something exists at the URL, but it is not a bigstore store."""
+
+
+class IncompleteStoreError(BigstoreError, RuntimeError):
+    """A store whose write never committed (the writer was interrupted)."""
+
+
+class FormatVersionError(BigstoreError, ValueError):
+    """A store written by a newer (or unknown) format version."""
+
+
+class MissingTensorError(BigstoreError, KeyError):
+    """A tensor name the store does not hold."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else ""
+
+
+class DTypeError(BigstoreError, TypeError):
+    """A dtype bigstore cannot store, or one that does not match what was expected."""
+
+
+class ShapeError(BigstoreError, ValueError):
+    """A shape that does not match what was expected."""
+
+
+class UnsupportedCodecError(BigstoreError, ValueError):
+    """A codec chain bigstore's read path does not understand."""
+
+
+class CorruptChunkError(BigstoreError, OSError):
+    """A chunk whose bytes cannot be what was written."""
+
+
+class ChecksumError(CorruptChunkError):
+    """A chunk whose crc32c does not match its bytes."""
+
+
+class TruncatedChunkError(CorruptChunkError):
+    """A chunk file shorter (or longer) than its metadata says."""
+
+
+class BudgetError(BigstoreError, MemoryError):
+    """A byte budget too small for the work asked of it."""
+
+
+class UnsupportedSourceError(BigstoreError, ValueError):
+    """A conversion source or destination bigstore does not know how to read or write."""

@@ -1,0 +1,149 @@
+"""The chunk codec chains bigstore writes and reads: ``bytes`` [+ zstd | gzip] + ``crc32c``.
+
+Compression is numcodecs' (the same implementation zarr's ZstdCodec/GzipCodec call), so chunks
+are byte-identical to what zarr-python would write. The crc32c is the Zarr v3 ``crc32c`` codec:
+4 little-endian bytes appended to the encoded chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import crc32c as _crc32c
+import numpy as np
+
+from ..errors import ChecksumError, TruncatedChunkError, UnsupportedCodecError
+
+__all__ = ["ChunkCodec", "crc32c_of", "parse_codec"]
+
+CRC_BYTES = 4
+_COMPRESSORS = ("zstd", "gzip")
+_DEFAULT_LEVEL = {"zstd": 3, "gzip": 5}
+
+
+def crc32c_of(parts: Sequence[Any]) -> int:
+    """crc32c over several buffers, as if they were concatenated."""
+    value = 0
+    for p in parts:
+        value = _crc32c.crc32c(p, value=value)
+    return int(value)
+
+
+def parse_codec(spec: str | None) -> ChunkCodec:
+    """``None`` | ``"zstd"`` | ``"zstd:7"`` | ``"gzip"`` | ``"gzip:9"``."""
+    if spec is None or spec in ("", "none", "raw"):
+        return ChunkCodec(None, 0)
+    name, _, level = spec.partition(":")
+    if name not in _COMPRESSORS:
+        raise UnsupportedCodecError(
+            f"unknown codec {spec!r}; choose one of: None, " + ", ".join(_COMPRESSORS)
+        )
+    try:
+        lvl = int(level) if level else _DEFAULT_LEVEL[name]
+    except ValueError:
+        raise UnsupportedCodecError(f"codec level in {spec!r} is not an integer") from None
+    return ChunkCodec(name, lvl)
+
+
+@dataclass(frozen=True)
+class ChunkCodec:
+    """How one chunk's raw bytes become a stored object, and back."""
+
+    compressor: str | None  # None: raw bytes (memory-mappable, read with zero copies)
+    level: int = 0
+
+    @property
+    def raw(self) -> bool:
+        return self.compressor is None
+
+    @property
+    def spec(self) -> str | None:
+        return None if self.compressor is None else f"{self.compressor}:{self.level}"
+
+    # -- zarr metadata ------------------------------------------------------------------------
+    def zarr_codecs(self) -> list[Any]:
+        from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
+
+        chain: list[Any] = [BytesCodec(endian="little")]
+        if self.compressor == "zstd":
+            chain.append(ZstdCodec(level=self.level, checksum=False))
+        elif self.compressor == "gzip":
+            chain.append(GzipCodec(level=self.level))
+        chain.append(Crc32cCodec())
+        return chain
+
+    @classmethod
+    def from_zarr(cls, codecs: Sequence[Any], where: str) -> ChunkCodec:
+        """Recognise a chain bigstore can read fast; anything else is refused by name."""
+        from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
+
+        names = [type(c).__name__ for c in codecs]
+        ok = (
+            len(codecs) in (2, 3)
+            and isinstance(codecs[0], BytesCodec)
+            and (codecs[0].endian is None or codecs[0].endian.value == "little")
+            and isinstance(codecs[-1], Crc32cCodec)
+        )
+        if ok and len(codecs) == 2:
+            return cls(None, 0)
+        if ok and isinstance(codecs[1], ZstdCodec) and not codecs[1].checksum:
+            return cls("zstd", codecs[1].level)
+        if ok and isinstance(codecs[1], GzipCodec):
+            return cls("gzip", codecs[1].level)
+        raise UnsupportedCodecError(
+            f"{where}: codec chain {names} is not one bigstore reads "
+            "(bytes[little] [+ zstd|gzip] + crc32c)"
+        )
+
+    # -- bytes --------------------------------------------------------------------------------
+    def _numcodec(self) -> Any:
+        if self.compressor == "zstd":
+            from numcodecs import Zstd
+
+            return Zstd(level=self.level)
+        from numcodecs import GZip
+
+        return GZip(level=self.level)
+
+    def encode(self, raw: memoryview) -> list[Any]:
+        """The stored object as buffers to write back to back (no copy when uncompressed)."""
+        payload: Any = raw if self.raw else self._numcodec().encode(raw)
+        crc = np.array([crc32c_of([payload])], dtype="<u4")
+        return [payload, crc.tobytes()]
+
+    def decode_into(self, blob: Any, out: memoryview, *, verify: bool, where: str) -> None:
+        """Check and decode one stored object into ``out`` (exactly one full chunk of bytes)."""
+        view = memoryview(blob).cast("B")
+        if view.nbytes < CRC_BYTES:
+            raise TruncatedChunkError(f"{where}: {view.nbytes} bytes, too short to hold a chunk")
+        payload = view[: view.nbytes - CRC_BYTES]
+        if verify:
+            check_crc([payload], view[view.nbytes - CRC_BYTES :], where)
+        if self.raw:
+            if payload.nbytes != out.nbytes:
+                raise TruncatedChunkError(
+                    f"{where}: {payload.nbytes} data bytes, expected {out.nbytes}"
+                )
+            out.cast("B")[:] = payload
+            return
+        try:
+            decoded = self._numcodec().decode(payload)
+        except Exception as e:  # the compressor's own error types vary by library
+            raise ChecksumError(f"{where}: cannot decompress ({e})") from e
+        dv = memoryview(decoded).cast("B")
+        if dv.nbytes != out.nbytes:
+            raise TruncatedChunkError(
+                f"{where}: decodes to {dv.nbytes} bytes, expected {out.nbytes}"
+            )
+        out.cast("B")[:] = dv
+
+
+def check_crc(parts: Sequence[Any], stored: Any, where: str) -> None:
+    expected = int(np.frombuffer(stored, dtype="<u4", count=1)[0])
+    actual = crc32c_of(parts)
+    if actual != expected:
+        raise ChecksumError(
+            f"{where}: checksum mismatch (stored crc32c {expected:#010x}, computed {actual:#010x})"
+        )

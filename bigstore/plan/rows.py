@@ -1,0 +1,34 @@
+"""Rows of a tensor -> the chunks that hold them. Pure; the arithmetic runs in ``native``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import bigstore_native as native
+import numpy as np
+
+from ..format import TensorMeta
+
+__all__ = ["ChunkPiece", "plan_rows"]
+
+
+@dataclass(frozen=True)
+class ChunkPiece:
+    """Rows [lo, hi) of chunk ``chunk`` land at output row ``dst``."""
+
+    chunk: int
+    lo: int
+    hi: int
+    dst: int
+
+
+def plan_rows(meta: TensorMeta, start: int, stop: int) -> list[ChunkPiece]:
+    """The chunk pieces covering rows [start, stop) of ``meta``, in output order."""
+    if meta.nbytes == 0 or stop <= start:
+        return []
+    if not meta.shape:
+        return [ChunkPiece(0, 0, 1, 0)]
+    chunk, lo, hi, dst = native.chunk_spans(
+        np.array([start], np.int64), np.array([stop], np.int64), meta.chunk_rows
+    )
+    return [ChunkPiece(int(c), int(a), int(b), int(d)) for c, a, b, d in zip(chunk, lo, hi, dst)]

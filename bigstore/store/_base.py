@@ -1,0 +1,131 @@
+"""The Store contract: small, synchronous, thread-safe, batch-shaped.
+
+Keys are '/'-separated paths relative to the store's root. Every backend validates keys with
+:func:`check_key`, so no key can reach outside the root.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ..errors import InvalidKeyError, TruncatedChunkError
+
+__all__ = ["ByteRange", "Store", "check_key", "Buffer"]
+
+# Anything exposing the buffer protocol: bytes, bytearray, memoryview, numpy arrays.
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, order=True)
+class ByteRange:
+    """Bytes [start, end) of one object."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.end < self.start:
+            raise InvalidKeyError(f"invalid byte range [{self.start}, {self.end})")
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it names something inside the store; raise otherwise."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError(f"store keys must be non-empty strings, got {key!r}")
+    if "\\" in key or "\x00" in key:
+        raise InvalidKeyError(f"key {key!r} contains a backslash or NUL byte")
+    if key.startswith("/") or "://" in key:
+        raise InvalidKeyError(f"key {key!r} is absolute: keys are relative to the store's root")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise InvalidKeyError(
+            f"key {key!r} escapes the store's root or has empty segments ('', '.', '..')"
+        )
+    return key
+
+
+def join_key(*parts: str) -> str:
+    return check_key(posixpath.join(*[p for p in parts if p]))
+
+
+class Store(ABC):
+    """Bytes by key. Implementations must be safe to call from several threads at once."""
+
+    #: True when :meth:`read_into` avoids an intermediate copy (local files: preadv).
+    zero_copy_reads: bool = False
+    #: True when writes to a fresh location can be made atomic by renaming (local files).
+    supports_rename: bool = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    # -- reads --------------------------------------------------------------------------------
+    @abstractmethod
+    def get(self, key: str) -> Buffer:
+        """The whole object. Raises StoreNotFoundError naming the key when absent."""
+
+    @abstractmethod
+    def get_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[Buffer]:
+        """Several byte ranges of one object, fetched concurrently where the backend can."""
+
+    def get_many(self, keys: Sequence[str]) -> list[Buffer]:
+        """Several whole objects; backends with concurrent I/O override this."""
+        return [self.get(k) for k in keys]
+
+    def read_into(self, key: str, offset: int, outs: Sequence[memoryview]) -> None:
+        """Fill ``outs`` back to back with the bytes starting at ``offset`` (a scatter read).
+
+        Raises TruncatedChunkError when the object ends before the buffers are full.
+        The default fetches then copies; local files override it with one ``preadv``.
+        """
+        total = sum(o.nbytes for o in outs)
+        (data,) = self.get_ranges(key, [ByteRange(offset, offset + total)])
+        view = memoryview(data).cast("B")
+        if view.nbytes < total:
+            raise TruncatedChunkError(
+                f"{self.url}/{key}: wanted {total} bytes at offset {offset}, got {view.nbytes}"
+            )
+        pos = 0
+        for o in outs:
+            o.cast("B")[:] = view[pos : pos + o.nbytes]
+            pos += o.nbytes
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Every key under ``prefix`` (all keys when empty), in no particular order."""
+
+    # -- writes -------------------------------------------------------------------------------
+    @abstractmethod
+    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+        """Write an object whole (a sequence of buffers is written back to back)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object; a missing key is not an error."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under ``prefix``; ``""`` removes the whole store."""
+
+    # -- cache hints (no-ops where meaningless) -----------------------------------------------
+    def drop_cache(self, key: str) -> None:  # noqa: B027 - optional hook
+        """Ask the OS to forget cached pages of ``key`` (local files only)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release handles; the store stays usable (handles reopen lazily)."""

@@ -1,0 +1,229 @@
+"""Checkpoint conversion, streaming tensor by tensor.
+
+In: ``.safetensors``, a sharded Hugging Face directory (``model.safetensors.index.json``) or any
+directory of ``.safetensors`` files, a torch ``.pt``/``.bin``/``.pth`` state dict (loaded with
+``weights_only=True``: arbitrary pickled objects are refused, never executed), ``.npz``, or
+another bigstore store. Out: a bigstore store, or a ``.safetensors`` file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import WriteConfig, parse_bytes
+from ..errors import BigstoreError, StoreNotFoundError, UnsupportedSourceError
+from ..format import TensorMeta
+from ..store import is_local_url, local_path
+from .reader import TensorStore
+from .writer import _progress_bar, save
+
+__all__ = ["convert", "iter_source", "export_safetensors"]
+
+_ST_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "uint16": "U16", "uint32": "U32", "uint64": "U64", "complex64": "C64",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ",
+}
+
+
+def _source_kind(src: str) -> str:
+    if not is_local_url(src):
+        return "store"
+    p = Path(local_path(src))
+    if p.is_dir():
+        if (p / "zarr.json").exists():
+            return "store"
+        if (p / "model.safetensors.index.json").exists() or any(p.glob("*.safetensors")):
+            return "hf-dir"
+        raise UnsupportedSourceError(
+            f"{src}: a directory with neither zarr.json, model.safetensors.index.json "
+            "nor .safetensors files"
+        )
+    if not p.exists():
+        raise StoreNotFoundError(f"{src} does not exist")
+    suffix = p.suffix.lower()
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix in (".pt", ".pth", ".bin"):
+        return "torch"
+    if suffix == ".npz":
+        return "npz"
+    raise UnsupportedSourceError(
+        f"{src}: unknown checkpoint type {suffix!r} (.safetensors, .pt/.pth/.bin, .npz, a "
+        "Hugging Face directory, or a bigstore store)"
+    )
+
+
+def iter_source(
+    src: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> Iterator[tuple[str, Any]]:
+    """(name, tensor) pairs of a checkpoint, one tensor in memory at a time."""
+    s = os.fspath(src)
+    kind = _source_kind(s)
+    if kind == "safetensors":
+        yield from _iter_safetensors(Path(local_path(s)))
+    elif kind == "hf-dir":
+        d = Path(local_path(s))
+        index = d / "model.safetensors.index.json"
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        else:
+            files = sorted(f.name for f in d.glob("*.safetensors"))
+        for f in files:
+            fp = (d / f).resolve()
+            if d.resolve() not in fp.parents:
+                raise UnsupportedSourceError(f"{index}: shard {f!r} lies outside {d}")
+            yield from _iter_safetensors(fp)
+    elif kind == "torch":
+        yield from _iter_torch(Path(local_path(s)))
+    elif kind == "npz":
+        with np.load(local_path(s), allow_pickle=False) as z:
+            for name in z.files:
+                yield name, z[name]
+    else:
+        with TensorStore.open(s, storage_options=storage_options) as ts:
+            for name in ts:
+                yield name, ts[name].torch()
+
+
+def _iter_safetensors(path: Path) -> Iterator[tuple[str, Any]]:
+    from safetensors import safe_open
+
+    try:
+        f = safe_open(str(path), framework="pt")
+    except Exception as e:  # safetensors raises its own SafetensorError for bad headers
+        raise UnsupportedSourceError(f"{path}: not a readable safetensors file ({e})") from e
+    with f:
+        for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            yield name, f.get_tensor(name)
+
+
+def _iter_torch(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise UnsupportedSourceError(
+            f"{path}: holds pickled objects other than tensors; bigstore loads torch files "
+            f"with weights_only=True and never unpickles arbitrary objects ({e})"
+        ) from None
+    except RuntimeError as e:
+        raise UnsupportedSourceError(f"{path}: not a readable torch file ({e})") from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise UnsupportedSourceError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    for name, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise UnsupportedSourceError(
+                f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor"
+            )
+        yield str(name), value
+
+
+def export_safetensors(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: Any = None,
+) -> None:
+    """Write the store at ``src`` as one ``.safetensors`` file, streaming tensor by tensor.
+
+    safetensors' own writer needs every tensor in memory at once; this writes its documented
+    layout (8-byte header length, JSON header, data) one tensor at a time instead. The file
+    appears under its final name only when complete.
+    """
+    dst_path = Path(local_path(os.fspath(dst)))
+    with TensorStore.open(src, storage_options=storage_options) as ts:
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        metas: list[TensorMeta] = []
+        for name in ts:
+            m = ts.meta(name)
+            st = _ST_DTYPES.get(m.dtype.name)
+            if st is None:
+                raise UnsupportedSourceError(
+                    f"tensor {name!r}: safetensors has no dtype for {m.dtype.name}"
+                )
+            header[name] = {"dtype": st, "shape": list(m.shape),
+                            "data_offsets": [offset, offset + m.nbytes]}
+            offset += m.nbytes
+            metas.append(m)
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # safetensors aligns the data section to 8 bytes
+        tmp = dst_path.with_name(f".{dst_path.name}.tmp-{os.getpid()}")
+        dst_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(len(blob).to_bytes(8, "little"))
+                f.write(blob)
+                for m in metas:
+                    _copy_tensor(ts, m, f, progress)
+            os.replace(tmp, dst_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _copy_tensor(ts: TensorStore, m: TensorMeta, f: Any, progress: Any) -> None:
+    if m.nbytes == 0:
+        return
+    # bounded memory: copy at most ~256 MiB of rows at a time
+    step = max(1, (256 << 20) // max(1, m.row_bytes)) if m.shape else 1
+    for start in range(0, m.rows, step):
+        stop = min(m.rows, start + step)
+        buf = np.empty((stop - start) * m.row_bytes, np.uint8)
+        ts.read_into([(m.name, start, stop, buf)])
+        f.write(memoryview(buf))
+        if progress is not None:
+            progress.update(buf.nbytes)
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    codec: str | None = None,
+    chunk_bytes: int | str = WriteConfig.chunk_bytes,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Convert a checkpoint to a bigstore store, or a store to ``.safetensors`` (by ``dst``'s
+    suffix). Returns a summary: tensors, bytes, destination."""
+    s, d = os.fspath(src), os.fspath(dst)
+    if d.lower().endswith(".safetensors"):
+        if not is_local_url(d):
+            raise UnsupportedSourceError(f"{d}: safetensors export writes local files only")
+        with TensorStore.open(s, storage_options=storage_options) as ts:
+            total = ts.nbytes
+            count = len(ts)
+        bar = _progress_bar(progress, "export", total)
+        try:
+            export_safetensors(s, d, storage_options=storage_options, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        return {"src": s, "dst": d, "tensors": count, "nbytes": total, "format": "safetensors"}
+    if os.path.abspath(local_path(s)) == os.path.abspath(local_path(d)) and is_local_url(s):
+        raise BigstoreError(f"convert: source and destination are the same path ({s})")
+    metas = save(
+        iter_source(s, storage_options), d, codec=codec, chunk_bytes=parse_bytes(chunk_bytes),
+        storage_options=storage_options, progress=progress,
+    )
+    nbytes = sum(m.nbytes for m in metas.values())
+    return {"src": s, "dst": d, "tensors": len(metas), "nbytes": nbytes, "format": "bigstore",
+            "chunks": sum(m.n_chunks for m in metas.values()),
+            "largest": max((m.nbytes for m in metas.values()), default=0),
+            "mean_chunk": math.ceil(nbytes / max(1, sum(m.n_chunks for m in metas.values())))}

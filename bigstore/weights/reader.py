@@ -1,0 +1,283 @@
+"""Reading tensors: ``open`` -> TensorStore -> lazy TensorHandle; ``load`` for everything."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ReadConfig
+from ..errors import BigstoreError, MissingTensorError, ShapeError
+from ..format import TensorMeta, read_root
+from ..io import get_executor, read_chunk_rows
+from ..plan import plan_rows
+from ..store import Store, open_store
+from ._arrays import from_storage_array
+
+__all__ = ["TensorHandle", "TensorStore", "load", "load_numpy", "open"]
+
+
+class TensorStore(Mapping[str, "TensorHandle"]):
+    """A committed tensor store, opened for reading. A mapping of name -> TensorHandle."""
+
+    def __init__(self, store: Store, metas: dict[str, TensorMeta], config: ReadConfig) -> None:
+        self.store = store
+        self.config = config
+        self._metas = metas
+
+    @classmethod
+    def open(
+        cls,
+        url: str | os.PathLike[str] | Store,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        config: ReadConfig | None = None,
+    ) -> TensorStore:
+        store = open_store(url, storage_options)
+        root = read_root(store, expect_kind="tensors")
+        metas = {
+            name: TensorMeta.from_json(name, doc, f"{store.url}/{name}/zarr.json")
+            for name, doc in root.arrays.items()
+        }
+        return cls(store, metas, config or ReadConfig())
+
+    # -- mapping ------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> TensorHandle:
+        return TensorHandle(self, self.meta(name))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._metas)
+
+    def __len__(self) -> int:
+        return len(self._metas)
+
+    def __repr__(self) -> str:
+        return f"TensorStore({self.store.url!r}, {len(self)} tensors, {self.nbytes} bytes)"
+
+    def meta(self, name: str) -> TensorMeta:
+        try:
+            return self._metas[name]
+        except KeyError:
+            raise MissingTensorError(f"no tensor {name!r} in {self.store.url}") from None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.nbytes for m in self._metas.values())
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> TensorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- bulk reads ---------------------------------------------------------------------------
+    def read_into(
+        self,
+        requests: Iterable[tuple[str, int, int, np.ndarray[Any, Any]]],
+        *,
+        progress: Any = None,
+    ) -> None:
+        """Fill caller-owned buffers: each request is (name, row_start, row_stop, out).
+
+        ``out`` must be a C-contiguous array of exactly the requested rows' bytes (any dtype:
+        only its memory is used). Chunks are fetched, verified and decoded on worker threads.
+        """
+        jobs: list[tuple[TensorMeta, int, int, int, memoryview]] = []
+        for name, start, stop, out in requests:
+            meta = self.meta(name)
+            flat = _byte_view(out, (stop - start) * meta.row_bytes, name)
+            for p in plan_rows(meta, start, stop):
+                rb = meta.row_bytes
+                dst = flat[p.dst * rb : (p.dst + p.hi - p.lo) * rb]
+                jobs.append((meta, p.chunk, p.lo, p.hi, dst))
+
+        verify, store = self.config.verify, self.store
+
+        def run(job: tuple[TensorMeta, int, int, int, memoryview]) -> int:
+            meta, i, lo, hi, dst = job
+            read_chunk_rows(store, meta, i, lo, hi, dst, verify=verify)
+            return dst.nbytes
+
+        for n in get_executor(self.config.threads).map(run, jobs):
+            if progress is not None:
+                progress.update(n)
+
+    def load(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        progress: Any = None,
+    ) -> dict[str, torch.Tensor]:
+        names = list(self._metas) if names is None else list(names)
+        metas = [self.meta(n) for n in names]
+        dev = torch.device(device)
+        pin = dev.type == "cuda" and torch.cuda.is_available()
+        host = {
+            m.name: torch.empty(m.nbytes, dtype=torch.uint8, pin_memory=pin) for m in metas
+        }
+        self.read_into(
+            ((m.name, 0, m.rows, host[m.name].numpy()) for m in metas), progress=progress
+        )
+        out: dict[str, torch.Tensor] = {}
+        for m in metas:
+            arr = host.pop(m.name).numpy().view(m.dtype.storage).reshape(m.shape)
+            t = from_storage_array(arr, m.dtype)
+            out[m.name] = t.to(dev, non_blocking=pin) if dev.type != "cpu" else t
+        return out
+
+
+def _byte_view(out: np.ndarray[Any, Any], nbytes: int, name: str) -> memoryview:
+    if not isinstance(out, np.ndarray) or not out.flags.c_contiguous:
+        raise ShapeError(f"tensor {name!r}: output buffer must be a C-contiguous numpy array")
+    if out.nbytes != nbytes:
+        raise ShapeError(
+            f"tensor {name!r}: output buffer holds {out.nbytes} bytes, the rows need {nbytes}"
+        )
+    if not out.flags.writeable:
+        raise ShapeError(f"tensor {name!r}: output buffer is read-only")
+    return memoryview(out.reshape(-1).view(np.uint8))
+
+
+class TensorHandle:
+    """A lazy view of one stored tensor. Nothing is read until ``numpy()``/``torch()``/slicing."""
+
+    def __init__(self, owner: TensorStore, meta: TensorMeta) -> None:
+        self._owner = owner
+        self.meta = meta
+
+    name = property(lambda self: self.meta.name)
+    shape = property(lambda self: self.meta.shape)
+    nbytes = property(lambda self: self.meta.nbytes)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        t = self.meta.dtype.torch
+        if t is None:
+            raise BigstoreError(f"this torch build has no dtype {self.meta.dtype.name}")
+        return t
+
+    @property
+    def dtype_name(self) -> str:
+        return self.meta.dtype.name
+
+    def __len__(self) -> int:
+        if not self.meta.shape:
+            raise TypeError("len() of a 0-d tensor")
+        return self.meta.shape[0]
+
+    def __repr__(self) -> str:
+        return f"TensorHandle({self.name!r}, shape={self.shape}, dtype={self.meta.dtype.name})"
+
+    def _rows(self, start: int, stop: int) -> np.ndarray[Any, Any]:
+        m = self.meta
+        out_shape = (stop - start, *m.shape[1:]) if m.shape else ()
+        out = np.empty(out_shape, dtype=m.dtype.storage)
+        if out.size:
+            self._owner.read_into([(m.name, start, stop, out)])
+        return out
+
+    def numpy(self) -> np.ndarray[Any, Any]:
+        """The whole tensor as numpy (bfloat16/float8 come back as their raw uint bits)."""
+        return self._rows(0, self.meta.rows)
+
+    def torch(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        t = from_storage_array(self.numpy(), self.meta.dtype)
+        return t if torch.device(device).type == "cpu" else t.to(device)
+
+    def __getitem__(self, index: int | slice) -> TensorSlice:
+        m = self.meta
+        if not m.shape:
+            raise IndexError(f"tensor {m.name!r} is 0-d: it cannot be sliced")
+        if isinstance(index, slice):
+            start, stop, step = index.indices(m.shape[0])
+            if step != 1:
+                raise IndexError(f"tensor {m.name!r}: only step-1 slices along axis 0")
+            return TensorSlice(self, start, max(start, stop), squeeze=False)
+        if isinstance(index, int | np.integer):
+            i = int(index)
+            if i < -m.shape[0] or i >= m.shape[0]:
+                raise IndexError(f"row {i} out of range for tensor {m.name!r} of {m.shape[0]} rows")
+            i %= m.shape[0]
+            return TensorSlice(self, i, i + 1, squeeze=True)
+        raise IndexError(f"tensor {m.name!r}: index with an int or a slice along axis 0")
+
+
+class TensorSlice:
+    """Rows [start, stop) of a stored tensor; reads only the chunks that hold them."""
+
+    def __init__(self, handle: TensorHandle, start: int, stop: int, *, squeeze: bool) -> None:
+        self.handle, self.start, self.stop, self._squeeze = handle, start, stop, squeeze
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        rest = self.handle.shape[1:]
+        return rest if self._squeeze else (self.stop - self.start, *rest)
+
+    def numpy(self) -> np.ndarray[Any, Any]:
+        out = self.handle._rows(self.start, self.stop)
+        return out[0] if self._squeeze else out
+
+    def torch(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        t = from_storage_array(self.numpy(), self.handle.meta.dtype)
+        return t if torch.device(device).type == "cpu" else t.to(device)
+
+
+def open(
+    url: str | os.PathLike[str],
+    mode: str = "r",
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    config: ReadConfig | None = None,
+) -> TensorStore:
+    """Open the committed store at ``url`` for reading (``mode="r"``).
+
+    To write, use :func:`bigstore.save` or :class:`bigstore.TensorWriter`.
+    """
+    if mode != "r":
+        raise BigstoreError(
+            f"open(mode={mode!r}): stores open read-only; write with bigstore.save or TensorWriter"
+        )
+    return TensorStore.open(url, storage_options=storage_options, config=config)
+
+
+def load(
+    url: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    names: Sequence[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    config: ReadConfig | None = None,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Every tensor (or ``names``) of the store at ``url`` as torch tensors on ``device``."""
+    with TensorStore.open(url, storage_options=storage_options, config=config) as ts:
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            total = sum(ts.meta(n).nbytes for n in (names or list(ts)))
+            bar = tqdm(total=total, desc="load", unit="B", unit_scale=True, unit_divisor=1024)
+        try:
+            return ts.load(names, device=device, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def load_numpy(
+    url: str | os.PathLike[str],
+    *,
+    names: Sequence[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    config: ReadConfig | None = None,
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Like :func:`load`, as numpy arrays (bfloat16 and float8 as their raw uint bits)."""
+    with TensorStore.open(url, storage_options=storage_options, config=config) as ts:
+        return {n: ts[n].numpy() for n in (names if names is not None else list(ts))}
