@@ -53,10 +53,10 @@ class FsspecStore(Store):
             if self._fs is None or self._pid != os.getpid():
                 import fsspec
 
-                # skip_instance_cache: a cached instance may carry the parent's event loop
-                fs, root = fsspec.core.url_to_fs(
-                    self.url, skip_instance_cache=self._pid != -1, **self.storage_options
-                )
+                opts = dict(self.storage_options)
+                if self._pid != -1:  # re-made after fork: a cached instance holds the parent's loop
+                    opts["skip_instance_cache"] = True
+                fs, root = fsspec.core.url_to_fs(self.url, **opts)
                 self._fs, self._root, self._pid = fs, root.rstrip("/"), os.getpid()
             return self._fs
 
