@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,8 @@ from .codecs import CRC_BYTES, ChunkCodec
 from .dtypes import DTypeSpec, dtype_spec
 
 __all__ = ["TensorMeta", "check_tensor_name", "choose_chunk_rows"]
+
+PAGE = mmap.PAGESIZE
 
 
 def check_tensor_name(name: str) -> str:
@@ -40,7 +43,13 @@ def choose_chunk_rows(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -
     if rows == 0 or row_bytes == 0:
         return max(1, rows)
     n_chunks = max(1, math.ceil(rows * row_bytes / chunk_bytes))
-    return max(1, math.ceil(rows / n_chunks))
+    chunk_rows = max(1, math.ceil(rows / n_chunks))
+    if chunk_rows < rows:
+        # Several chunks: make each a whole number of pages, so that the chunk files can be
+        # mapped back to back into one contiguous tensor (bigstore.io.mapping).
+        align = PAGE // math.gcd(row_bytes, PAGE)
+        chunk_rows = math.ceil(chunk_rows / align) * align
+    return min(chunk_rows, rows)
 
 
 @dataclass(frozen=True)

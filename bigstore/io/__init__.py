@@ -1,6 +1,9 @@
 """Executors: they carry out plans with bounded concurrency into buffers the caller owns."""
 
-from .chunks import read_chunk_rows, verify_chunk
+from .chunks import can_map, map_tensor, read_chunk_rows, verify_chunk, verify_mapped_chunk
 from .executor import Executor, get_executor
 
-__all__ = ["Executor", "get_executor", "read_chunk_rows", "verify_chunk"]
+__all__ = [
+    "Executor", "can_map", "get_executor", "map_tensor", "read_chunk_rows", "verify_chunk",
+    "verify_mapped_chunk",
+]

@@ -7,12 +7,14 @@ can cover the whole chunk): no intermediate copy at all.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import CorruptChunkError, StoreNotFoundError, TruncatedChunkError
 from ..format import TensorMeta
 from ..format.codecs import CRC_BYTES, check_crc
 from ..store import Store
 
-__all__ = ["read_chunk_rows", "verify_chunk"]
+__all__ = ["can_map", "map_tensor", "read_chunk_rows", "verify_chunk", "verify_mapped_chunk"]
 
 
 def _where(store: Store, meta: TensorMeta, i: int) -> str:
@@ -83,3 +85,46 @@ def verify_chunk(store: Store, meta: TensorMeta, i: int) -> None:
         )
     scratch = memoryview(bytearray(meta.chunk_nbytes))
     meta.codec.decode_into(blob, scratch, verify=True, where=where)
+
+
+def can_map(store: Store, meta: TensorMeta) -> bool:
+    """True when ``meta``'s chunks can be mapped into one zero-copy tensor."""
+    from ..store import LocalStore
+    from .mapping import PAGE, mmap_supported
+
+    return (
+        isinstance(store, LocalStore)
+        and meta.codec.raw
+        and meta.nbytes > 0
+        and (meta.n_chunks == 1 or meta.chunk_nbytes % PAGE == 0)
+        and mmap_supported()
+    )
+
+
+def map_tensor(store: Store, meta: TensorMeta) -> Any:
+    """Map every chunk file of ``meta`` into one region (see ``can_map``); no bytes are read."""
+    from ..store import LocalStore
+    from .mapping import map_files
+
+    assert isinstance(store, LocalStore)
+    paths = [store.root / meta.chunk_key(i) for i in range(meta.n_chunks)]
+    for i, p in enumerate(paths):
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            raise CorruptChunkError(f"{_where(store, meta, i)}: chunk is missing") from None
+        if size != meta.raw_chunk_size:
+            raise TruncatedChunkError(
+                f"{_where(store, meta, i)}: {size} bytes stored, expected {meta.raw_chunk_size}"
+            )
+    return map_files(paths, meta.chunk_nbytes, [meta.chunk_nbytes] * meta.n_chunks)
+
+
+def verify_mapped_chunk(store: Store, meta: TensorMeta, i: int, region: Any) -> int:
+    """Check chunk ``i`` of a mapped tensor against its stored crc32c; returns bytes checked."""
+    start = i * meta.chunk_nbytes
+    data = region.view(start, start + meta.chunk_nbytes)
+    crc = memoryview(bytearray(CRC_BYTES))
+    store.read_into(meta.chunk_key(i), meta.chunk_nbytes, [crc])
+    check_crc([data], crc, _where(store, meta, i))
+    return meta.chunk_rows_of(i) * meta.row_bytes

@@ -12,7 +12,7 @@ import torch
 from ..config import ReadConfig
 from ..errors import BigstoreError, MissingTensorError, ShapeError
 from ..format import TensorMeta, read_root
-from ..io import get_executor, read_chunk_rows
+from ..io import can_map, get_executor, map_tensor, read_chunk_rows, verify_mapped_chunk
 from ..plan import plan_rows
 from ..store import Store, open_store
 from ._arrays import from_storage_array
@@ -113,11 +113,50 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         names: Sequence[str] | None = None,
         *,
         device: str | torch.device = "cpu",
+        mmap: bool | None = None,
         progress: Any = None,
     ) -> dict[str, torch.Tensor]:
+        """Read tensors whole. ``mmap`` (default: on for uncompressed local stores loaded to the
+        CPU) maps chunk files into the tensors with zero copies; with ``verify`` on, every chunk
+        is still checked against its crc32c before this returns."""
         names = list(self._metas) if names is None else list(names)
         metas = [self.meta(n) for n in names]
         dev = torch.device(device)
+        use_map = dev.type == "cpu" if mmap is None else mmap
+        out: dict[str, torch.Tensor] = {}
+        if use_map:
+            mapped = [m for m in metas if can_map(self.store, m)]
+            out.update(self._load_mapped(mapped, progress))
+            metas = [m for m in metas if m.name not in out]
+        out.update(self._load_copied(metas, dev, progress))
+        return {n: out[n] for n in names}
+
+    def _load_mapped(self, metas: list[TensorMeta], progress: Any) -> dict[str, torch.Tensor]:
+        from ..io.mapping import MADV_WILLNEED
+
+        regions = {m.name: map_tensor(self.store, m) for m in metas}
+        if self.config.verify:
+            for r in regions.values():
+                r.advise(MADV_WILLNEED)  # start readahead of everything before checking it
+            jobs = [(m, i) for m in metas for i in range(m.n_chunks)]
+            store = self.store
+
+            def check(job: tuple[TensorMeta, int]) -> int:
+                m, i = job
+                return verify_mapped_chunk(store, m, i, regions[m.name])
+
+            for n in get_executor(self.config.threads).map(check, jobs):
+                if progress is not None:
+                    progress.update(n)
+        out = {}
+        for m in metas:
+            arr = np.asarray(regions.pop(m.name))[: m.nbytes].view(m.dtype.storage)
+            out[m.name] = from_storage_array(arr.reshape(m.shape), m.dtype)
+        return out
+
+    def _load_copied(
+        self, metas: list[TensorMeta], dev: torch.device, progress: Any
+    ) -> dict[str, torch.Tensor]:
         pin = dev.type == "cuda" and torch.cuda.is_available()
         host = {
             m.name: torch.empty(m.nbytes, dtype=torch.uint8, pin_memory=pin) for m in metas
@@ -254,9 +293,13 @@ def load(
     names: Sequence[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     config: ReadConfig | None = None,
+    mmap: bool | None = None,
     progress: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Every tensor (or ``names``) of the store at ``url`` as torch tensors on ``device``."""
+    """Every tensor (or ``names``) of the store at ``url`` as torch tensors on ``device``.
+
+    Uncompressed local stores loaded to the CPU are memory-mapped (zero copies; writes to the
+    tensors stay private to the process); pass ``mmap=False`` for private copies."""
     with TensorStore.open(url, storage_options=storage_options, config=config) as ts:
         bar = None
         if progress:
@@ -265,7 +308,7 @@ def load(
             total = sum(ts.meta(n).nbytes for n in (names or list(ts)))
             bar = tqdm(total=total, desc="load", unit="B", unit_scale=True, unit_divisor=1024)
         try:
-            return ts.load(names, device=device, progress=bar)
+            return ts.load(names, device=device, mmap=mmap, progress=bar)
         finally:
             if bar is not None:
                 bar.close()

@@ -1,0 +1,1 @@
+"""``bigstore demo``: the main job, one part per capability (weights, offload, datasets)."""
