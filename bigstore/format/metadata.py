@@ -47,8 +47,12 @@ def choose_chunk_rows(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -
     if chunk_rows < rows:
         # Several chunks: make each a whole number of pages, so that the chunk files can be
         # mapped back to back into one contiguous tensor (bigstore.io.mapping).
+        # Skipped when rows are so oddly sized that alignment would more than double the chunk
+        # (such tensors load through the copying path instead).
         align = PAGE // math.gcd(row_bytes, PAGE)
-        chunk_rows = math.ceil(chunk_rows / align) * align
+        aligned = math.ceil(chunk_rows / align) * align
+        if aligned * row_bytes <= max(2 * chunk_bytes, PAGE):
+            chunk_rows = aligned
     return min(chunk_rows, rows)
 
 

@@ -35,7 +35,8 @@ def to_storage_array(name: str, value: Any) -> tuple[np.ndarray[Any, Any], DType
             spec = dtype_spec(arr.dtype)
         except DTypeError as e:
             raise DTypeError(f"tensor {name!r}: {e}") from None
-        return np.ascontiguousarray(arr, dtype=spec.storage), spec
+        # not ascontiguousarray: it turns 0-d arrays into 1-d ones
+        return np.asarray(arr, dtype=spec.storage, order="C"), spec
     raise DTypeError(
         f"tensor {name!r}: expected a numpy array or a torch tensor, got {type(value).__name__}"
     )
