@@ -112,7 +112,13 @@ def _iter_safetensors(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _iter_torch(path: Path) -> Iterator[tuple[str, Any]]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            # legacy (pre-zip) torch files cannot be mapped; still weights_only
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsupportedSourceError(
             f"{path}: holds pickled objects other than tensors; bigstore loads torch files "
