@@ -1,0 +1,223 @@
+"""Fill device buffers from a tensor store: straight into RAM on CPU, via a staging ring on CUDA.
+
+CPU: chunks are read (``preadv``) directly into the destination buffer, which *is* the budgeted
+memory: no staging copy at all.
+
+CUDA: a ring of pinned host slots. A worker thread takes a free slot (first waiting on the
+slot's event, so no slot is overwritten while a host->device copy still reads it), fills it
+with verified chunk bytes, queues the copies on a dedicated copy stream and records the slot's
+event. The unit's own "ready" event is recorded after its last copy; the compute stream waits
+on it before the first kernel that reads the unit. The copy stream first waits on an event
+recorded when the destination was allocated, so memory the caching allocator hands back is
+never written while earlier kernels may still read it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["DeviceLoader", "FillRequest", "Piece", "plan_pieces"]
+
+
+@dataclass(frozen=True)
+class FillRequest:
+    """All rows of stored tensor ``name`` land at byte ``dst_offset`` of the destination."""
+
+    name: str
+    rows: int
+    row_bytes: int
+    dst_offset: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.row_bytes
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows [row_start, row_stop) of ``name``: staged at ``slot_offset``, copied to
+    ``dst_offset``."""
+
+    name: str
+    row_start: int
+    row_stop: int
+    slot_offset: int
+    dst_offset: int
+    nbytes: int
+
+
+def plan_pieces(requests: Sequence[FillRequest], slot_bytes: int) -> list[list[Piece]]:
+    """Pack the requests' rows into slot-sized groups, in order. Pure: the staging I/O plan.
+
+    A tensor larger than a slot is split by rows; a group never exceeds ``slot_bytes``.
+    Every row must fit in one slot (the loader sizes slots so that it does).
+    """
+    groups: list[list[Piece]] = []
+    cur: list[Piece] = []
+    used = 0
+    for r in requests:
+        if r.row_bytes > slot_bytes:
+            raise ValueError(f"tensor {r.name!r}: a row of {r.row_bytes} bytes exceeds the slot")
+        row = 0
+        while row < r.rows:
+            fit = (slot_bytes - used) // r.row_bytes
+            if fit == 0:
+                groups.append(cur)
+                cur, used = [], 0
+                continue
+            stop = min(r.rows, row + fit)
+            n = (stop - row) * r.row_bytes
+            cur.append(Piece(r.name, row, stop, used, r.dst_offset + row * r.row_bytes, n))
+            used += n
+            row = stop
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _anonymous(nbytes: int) -> torch.Tensor:
+    """Host memory of its own mapping: unmapped (returned to the OS) when the tensor dies.
+
+    malloc would serve these sizes from its heap after the first free (glibc raises its mmap
+    threshold dynamically) and keep freed units in the process's RSS; a private mapping makes
+    RSS follow the budget exactly.
+    """
+    if nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)
+
+
+class DeviceLoader:
+    """Runs fills on its own worker threads; reads go through ``ts.read_into`` (shared pool).
+
+    ``ts`` is a :class:`bigstore.TensorStore`. The loader owns its workers, pinned ring and
+    copy stream; :meth:`close` frees them all.
+    """
+
+    def __init__(
+        self,
+        ts: Any,
+        device: torch.device,
+        *,
+        workers: int,
+        slots: int,
+        slot_bytes: int,
+        drop_cache: bool,
+    ) -> None:
+        self.ts = ts
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.drop_cache = drop_cache
+        self.bytes_read = 0
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bigstore-offload")
+            if workers > 0 else None
+        )
+        self.slot_bytes = slot_bytes
+        self._ring: list[torch.Tensor] = []
+        self._slot_events: list[Any] = []
+        self._free: queue.Queue[int] = queue.Queue()
+        self.copy_stream: Any = None
+        if self.cuda:
+            self.copy_stream = torch.cuda.Stream(device=device)
+            for i in range(slots):
+                self._ring.append(torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=True))
+                self._slot_events.append(torch.cuda.Event())
+                self._free.put(i)
+
+    @property
+    def staging_bytes(self) -> int:
+        """Host memory held by the pinned ring (0 on CPU: bytes land in the final buffer)."""
+        return len(self._ring) * self.slot_bytes
+
+    # -- main thread --------------------------------------------------------------------------
+    def allocate(self, nbytes: int) -> tuple[torch.Tensor, Any]:
+        """A fresh destination buffer, and (CUDA) an event marking its allocation point."""
+        if not self.cuda:
+            return _anonymous(nbytes), None
+        buf = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(self.device))
+        return buf, ev
+
+    def submit(
+        self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any
+    ) -> Future[Any]:
+        """Start filling ``dst``; the future's result is the CUDA ready event (None on CPU)."""
+        if self._pool is None:  # prefetch=0: synchronous, on the caller's thread
+            fut: Future[Any] = Future()
+            try:
+                fut.set_result(self.fill(requests, dst, after))
+            except BaseException as e:
+                fut.set_exception(e)
+            return fut
+        return self._pool.submit(self.fill, requests, dst, after)
+
+    # -- worker threads -----------------------------------------------------------------------
+    def fill(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any) -> Any:
+        if self.cuda:
+            done = self._fill_cuda(requests, dst, after)
+        else:
+            flat = dst.numpy()
+            self.ts.read_into(
+                (r.name, 0, r.rows, flat[r.dst_offset : r.dst_offset + r.nbytes])
+                for r in requests if r.nbytes
+            )
+            done = None
+        self._after_read(requests)
+        return done
+
+    def _fill_cuda(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any) -> Any:
+        stream = self.copy_stream
+        stream.wait_event(after)
+        for group in plan_pieces([r for r in requests if r.nbytes], self.slot_bytes):
+            i = self._free.get()
+            try:
+                self._slot_events[i].synchronize()  # the slot's previous copy has finished
+                slot = self._ring[i].numpy()
+                self.ts.read_into(
+                    (p.name, p.row_start, p.row_stop, slot[p.slot_offset : p.slot_offset + n])
+                    for p in group for n in (p.nbytes,)
+                )
+                with torch.cuda.stream(stream):
+                    for p in group:
+                        src = self._ring[i][p.slot_offset : p.slot_offset + p.nbytes]
+                        dst[p.dst_offset : p.dst_offset + p.nbytes].copy_(src, non_blocking=True)
+                    self._slot_events[i].record(stream)
+            finally:
+                self._free.put(i)
+        ready = torch.cuda.Event()
+        ready.record(stream)
+        return ready
+
+    def _after_read(self, requests: Sequence[FillRequest]) -> None:
+        n = sum(r.nbytes for r in requests)
+        with self._lock:
+            self.bytes_read += n
+        if self.drop_cache:
+            # the bytes now live in the budgeted buffer: do not keep a second copy in the
+            # page cache (it would count against the machine's memory, not the budget)
+            store = self.ts.store
+            for r in requests:
+                meta = self.ts.meta(r.name)
+                for c in range(meta.n_chunks):
+                    store.drop_cache(meta.chunk_key(c))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self.cuda and self.copy_stream is not None:
+            self.copy_stream.synchronize()
+        self._ring.clear()
+        self._slot_events.clear()
+        self.copy_stream = None

@@ -1,0 +1,260 @@
+"""The pager: which units are resident, loading ahead of use, evicting under the byte budget.
+
+Every decision is made on the thread running the model (the hooks call in); worker threads
+only fill buffers they were handed, and report through futures. So the unit table needs no
+lock, and what the accounting says is what is allocated.
+
+A unit's lifecycle: absent -> in flight (buffer allocated and counted, fill running) -> loaded
+(parameters point into its buffer) -> absent again on eviction (parameters point to a tiny
+placeholder). A unit is never evicted while pinned (between its hook module's pre- and
+post-forward hooks, or while a guarded op outside that module uses it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import BudgetError
+from ..io.staging import DeviceLoader, FillRequest
+from ._schedule import NEVER, Schedule, choose_victims, plan_layout, plan_resident
+from ._units import Unit
+
+__all__ = ["Pager", "PagerStats"]
+
+
+@dataclass
+class PagerStats:
+    """Counters since the pager started (bytes are device-buffer bytes, padding included)."""
+
+    loads: int = 0
+    evictions: int = 0
+    demand_loads: int = 0  # loads the forward pass had to wait for without any prefetch
+    bytes_loaded: int = 0
+    resident_bytes: int = 0
+    peak_resident_bytes: int = 0
+    passes: int = 0
+
+
+@dataclass
+class _UnitState:
+    unit: Unit
+    params: list[nn.Parameter]
+    placeholders: list[torch.Tensor]
+    offsets: tuple[int, ...]
+    nbytes: int
+    requests: list[FillRequest]
+    buf: torch.Tensor | None = None
+    future: Future[Any] | None = None
+    loaded: bool = False
+    pins: int = 0
+    extra: list[int] = field(default_factory=list)
+
+
+class Pager:
+    def __init__(
+        self,
+        units: Sequence[Unit],
+        params: Sequence[Sequence[nn.Parameter]],
+        loader: DeviceLoader,
+        *,
+        budget: int,
+        fixed_bytes: int,
+        prefetch: int,
+        align: int,
+    ) -> None:
+        self.loader = loader
+        self.budget = budget
+        self.prefetch = prefetch
+        self.stats = PagerStats(resident_bytes=fixed_bytes, peak_resident_bytes=fixed_bytes)
+        self.fixed_bytes = fixed_bytes
+        self.units: list[_UnitState] = []
+        for unit, ps in zip(units, params):
+            offsets, total = plan_layout([s.nbytes for s in unit.slots], align)
+            reqs = []
+            for slot, off in zip(unit.slots, offsets):
+                meta = loader.ts.meta(slot.name)
+                reqs.append(FillRequest(meta.name, meta.rows, meta.row_bytes, off))
+            holders = [p.data for p in ps]
+            self.units.append(_UnitState(unit, list(ps), holders, offsets, total, reqs))
+        self.sizes = {s.unit.index: s.nbytes for s in self.units}
+        # until the first pass is recorded, guess registration order (for prefetching only)
+        self.schedule = Schedule(tuple(range(len(self.units))), provisional=True)
+        self.resident_set: frozenset[int] = frozenset()
+        self.cursor = 0
+        self._recording: list[int] = []
+        self.frames: list[list[int]] = []
+        self.busy = False  # set while the pager itself touches parameters (the guard skips)
+
+    # -- passes -------------------------------------------------------------------------------
+    def begin_pass(self) -> None:
+        self.cursor = 0
+        self._recording = []
+
+    def end_pass(self) -> None:
+        self.stats.passes += 1
+        for st in self.units:  # a pass that raised midway must not leave pins behind
+            st.pins = 0
+        self.frames = []
+        seq = tuple(self._recording)
+        if seq and (seq != self.schedule.seq or self.schedule.provisional):
+            self.schedule = Schedule(seq)
+            self.resident_set = plan_resident(
+                self.schedule, self.sizes, self.budget - self.fixed_bytes, self.prefetch
+            )
+        self.cursor = 0
+
+    # -- acquire / release --------------------------------------------------------------------
+    def acquire(self, u: int) -> None:
+        """Make unit ``u`` resident and pinned; returns when the device may read it."""
+        st = self.units[u]
+        self.busy = True
+        try:
+            self._recording.append(u)
+            seq = self.schedule.seq
+            if seq and seq[self.cursor % len(seq)] == u:
+                self.cursor = (self.cursor + 1) % len(seq)
+            else:
+                self.cursor = self.schedule.resync(u, self.cursor)
+            st.pins += 1
+            try:
+                if not st.loaded and st.future is None:
+                    self.stats.demand_loads += 1
+                    self._start(st, demand=True)
+                self._prefetch()
+                self._finish(st)
+            except BaseException:
+                st.pins -= 1
+                raise
+        finally:
+            self.busy = False
+
+    def release(self, u: int) -> None:
+        st = self.units[u]
+        st.pins = max(0, st.pins - 1)
+
+    def demand(self, u: int) -> None:
+        """A guarded op outside ``u``'s own module reads it: pin it until the frame ends."""
+        if self.units[u].pins:
+            return
+        self.acquire(u)
+        if self.frames:
+            self.frames[-1].append(u)
+
+    def push_frame(self) -> None:
+        self.frames.append([])
+
+    def pop_frame(self) -> None:
+        if self.frames:
+            for u in self.frames.pop():
+                self.release(u)
+
+    # -- loading ------------------------------------------------------------------------------
+    def _start(self, st: _UnitState, *, demand: bool, nearer_than: float = NEVER) -> bool:
+        if not self._make_room(st.nbytes, demand=demand, nearer_than=nearer_than):
+            return False
+        buf, alloc_event = self.loader.allocate(st.nbytes)
+        st.buf = buf
+        self.stats.resident_bytes += st.nbytes
+        self.stats.peak_resident_bytes = max(
+            self.stats.peak_resident_bytes, self.stats.resident_bytes
+        )
+        assert self.stats.resident_bytes <= self.budget, "pager accounting exceeded the budget"
+        st.future = self.loader.submit(st.requests, buf, alloc_event)
+        return True
+
+    def _finish(self, st: _UnitState) -> None:
+        """Wait for an in-flight fill, then point the unit's parameters into its buffer."""
+        if st.loaded:
+            return
+        fut = st.future
+        assert fut is not None and st.buf is not None
+        try:
+            ready = fut.result()
+        except BaseException:
+            self._drop(st)
+            raise
+        if ready is not None:  # CUDA: kernels queued from now on wait for the copies
+            torch.cuda.current_stream(self.loader.device).wait_event(ready)
+        buf = st.buf
+        for p, slot, off in zip(st.params, st.unit.slots, st.offsets):
+            p.data = buf[off : off + slot.nbytes].view(slot.dtype).view(slot.shape)
+        st.future = None
+        st.loaded = True
+        self.stats.loads += 1
+        self.stats.bytes_loaded += st.nbytes
+
+    def _prefetch(self) -> None:
+        if self.prefetch <= 0:
+            return
+        for k, v in enumerate(self.schedule.upcoming(self.cursor, self.prefetch)):
+            st = self.units[v]
+            if st.loaded or st.future is not None:
+                continue
+            # never evict what is needed before the unit being fetched
+            if not self._start(st, demand=False, nearer_than=float(k)):
+                return
+
+    def _make_room(self, need: int, *, demand: bool, nearer_than: float) -> bool:
+        if need > self.budget - self.fixed_bytes:
+            raise BudgetError(
+                f"a unit of {need} bytes cannot fit in a budget of {self.budget} bytes"
+            )
+        for protect_resident in (True, False) if demand else (True,):
+            while True:
+                free = self.budget - self.stats.resident_bytes
+                evictable = {
+                    s.unit.index: s.nbytes for s in self.units
+                    if s.loaded and s.pins == 0
+                    and not (protect_resident and s.unit.index in self.resident_set)
+                }
+                dist = {v: self.schedule.distance(v, self.cursor) for v in evictable}
+                victims = choose_victims(evictable, dist, need, free, nearer_than=nearer_than)
+                if victims is not None:
+                    for v in victims:
+                        self._evict(self.units[v])
+                    return True
+                if not demand:
+                    return False
+                # unused prefetched units may still be in flight: let them land, then retry
+                pending = [s for s in self.units if s.future is not None and s.pins == 0]
+                if not pending:
+                    break
+                for s in pending:
+                    self._finish(s)
+        pinned = [s.unit.name for s in self.units if s.pins and (s.loaded or s.future)]
+        raise BudgetError(
+            f"budget of {self.budget} bytes exhausted: {need} more bytes are needed while "
+            f"units in use hold {self.stats.resident_bytes - self.fixed_bytes} bytes "
+            f"({', '.join(pinned) or 'none'}); raise the budget"
+        )
+
+    def _evict(self, st: _UnitState) -> None:
+        assert st.pins == 0 and st.loaded
+        for p, ph in zip(st.params, st.placeholders):
+            p.data = ph
+        self._drop(st)
+        self.stats.evictions += 1
+
+    def _drop(self, st: _UnitState) -> None:
+        if st.buf is not None:
+            self.stats.resident_bytes -= st.nbytes
+        st.buf = None
+        st.future = None
+        st.loaded = False
+
+    def close(self) -> None:
+        for st in self.units:
+            if st.future is not None:
+                # closing: a failed read has no one left to report to
+                with contextlib.suppress(BaseException):
+                    st.future.result()
+            for p, ph in zip(st.params, st.placeholders):
+                p.data = ph
+            self._drop(st)

@@ -1,0 +1,398 @@
+"""``bigstore.offload``: run a model whose weights exceed device memory, paging them from a store.
+
+How it works (details in each module):
+
+- :mod:`._units` groups parameters into paging units (each block of the repeated layer list;
+  the embedding and head as units of their own; tied weights merged) - pure inspection.
+- :mod:`._schedule` holds the pure planners: buffer layout, the recorded execution order,
+  which units stay resident for good, which to evict (farthest next use first).
+- :mod:`._pager` executes them: loads ahead of use on worker threads, evicts lazily, keeps the
+  budget (its accounting is asserted on every allocation).
+- :mod:`bigstore.io.staging` fills buffers: straight into RAM on CPU; pinned ring, copy stream
+  and events on CUDA.
+
+Hooks: a pre-forward hook on each unit's module pins the unit (loading it if needed), the
+post-forward hook unpins it. While the root module runs, a torch-function mode (the *guard*)
+watches every op's arguments: an op reading a parameter outside its module's forward (a head
+tied to the embedding applied as ``x @ emb.weight.T``, say) loads and pins that unit for the
+rest of the calling module's forward, and the recorded order lets the next pass prefetch it.
+So a weight is never read while absent: outputs are those of the resident model, bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..config import MiB, ReadConfig, parse_bytes
+from ..errors import BigstoreError, BudgetError, DTypeError, MissingTensorError, ShapeError
+from ..io.staging import DeviceLoader
+from ..store import LocalStore, MemoryStore, Store, open_store
+from ._cache import CachingStore
+from ._pager import Pager, PagerStats
+from ._schedule import plan_layout
+from ._units import Slot, Unit, UnitSpec, discover_units, model_buffers, skeleton, unique_state_dict
+from .reader import TensorStore
+
+__all__ = ["OffloadConfig", "OffloadedModel", "offload", "skeleton", "unique_state_dict"]
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    """How a model is paged.
+
+    budget: bytes of weights (parameters and buffers) resident on the device at any time.
+    prefetch: units read ahead of the one running (0: load each on demand, synchronously).
+    staging_bytes: size of one pinned host slot of the CUDA staging ring (ring of
+        ``prefetch + 1`` slots, at least 2); unused on CPU, where bytes land in the budget.
+    drop_cache: drop a local store's file pages from the page cache once read, so the machine's
+        memory use reflects the budget (set False to let repeated runs hit the page cache).
+    align: byte alignment of each tensor inside a unit's buffer.
+    guard: watch ops while the model runs so weights read outside their module are paged in.
+    cache_dir / cache_limit: for remote stores, keep read chunks in this local directory,
+        holding at most ``cache_limit`` bytes.
+    """
+
+    budget: int
+    prefetch: int = 2
+    staging_bytes: int = 64 * MiB
+    drop_cache: bool = True
+    align: int = 256
+    guard: bool = True
+    cache_dir: str | None = None
+    cache_limit: int = 16 << 30
+
+    def __post_init__(self) -> None:
+        if self.prefetch < 0:
+            raise BigstoreError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.align <= 0 or self.align & (self.align - 1):
+            raise BigstoreError(f"align must be a power of two, got {self.align}")
+
+
+# Metadata reads never touch a tensor's values: the guard lets them through without paging.
+_META_FUNCS = frozenset(
+    [getattr(torch._C.TensorBase, n).__get__ for n in (
+        "shape", "dtype", "device", "requires_grad", "is_cuda", "is_meta", "layout", "ndim",
+        "is_leaf",
+    )]
+    + [torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel, torch.Tensor.stride,
+       torch.Tensor.element_size, torch.Tensor.is_floating_point, torch.Tensor.__len__,
+       torch.Tensor.requires_grad_]
+)
+
+
+class _Guard(TorchFunctionMode):
+    """Pages in any offloaded parameter an op receives while its unit is not pinned."""
+
+    def __init__(self, pager: Pager, owner: dict[int, int]) -> None:
+        super().__init__()
+        self.pager = pager
+        self.owner = owner
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        pager = self.pager
+        if not pager.busy and func not in _META_FUNCS:
+            owner = self.owner
+            for a in (*args, *kwargs.values()):
+                if isinstance(a, list | tuple):
+                    for b in a:
+                        u = owner.get(id(b))
+                        if u is not None:
+                            pager.demand(u)
+                else:
+                    u = owner.get(id(a))
+                    if u is not None:
+                        pager.demand(u)
+        return func(*args, **kwargs)
+
+
+class OffloadedModel:
+    """A model whose weights are paged from a store. Call it (or any model method) as usual.
+
+    ``.module`` is the model itself (an ``nn.Module``). Closing (``close()`` or leaving a
+    ``with`` block) removes every hook, restores the model's original parameters and buffers,
+    and frees all device buffers, staging memory and worker threads.
+    """
+
+    def __init__(
+        self, module: nn.Module, pager: Pager, loader: DeviceLoader, ts: TensorStore,
+        config: OffloadConfig, restore: list[tuple[dict[str, Any], str, Any]],
+        handles: list[Any],
+    ) -> None:
+        self.module = module
+        self.pager = pager
+        self.loader = loader
+        self.tensor_store = ts
+        self.config = config
+        self._restore = restore
+        self._handles = handles
+        self.closed = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.closed:
+            raise BigstoreError("this offloaded model has been closed")
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("module", "pager", "closed"):
+            raise AttributeError(name)
+        return getattr(self.module, name)
+
+    @property
+    def units(self) -> list[Unit]:
+        return [s.unit for s in self.pager.units]
+
+    @property
+    def stats(self) -> PagerStats:
+        return self.pager.stats
+
+    @property
+    def bytes_read(self) -> int:
+        return self.loader.bytes_read
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for h in self._handles:
+            h.remove()
+        self.pager.close()
+        self.loader.close()
+        for table, key, original in reversed(self._restore):
+            table[key] = original
+        self._restore.clear()
+        self.tensor_store.close()
+
+    def __enter__(self) -> OffloadedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        s = self.pager.stats
+        return (
+            f"OffloadedModel({type(self.module).__name__}, {len(self.pager.units)} units, "
+            f"budget={self.pager.budget}, resident={s.resident_bytes}, closed={self.closed})"
+        )
+
+
+def _resolve_slot(ts: TensorStore, slot: Slot) -> Slot:
+    """The slot with the name the store holds it under first (tied weights are stored once)."""
+    stored = [n for n in slot.names if n in ts]
+    if not stored:
+        names = " or ".join(repr(n) for n in slot.names)
+        raise MissingTensorError(f"no tensor {names} in {ts.store.url}")
+    meta = ts.meta(stored[0])
+    if tuple(meta.shape) != slot.shape:
+        raise ShapeError(
+            f"tensor {stored[0]!r}: the store holds shape {tuple(meta.shape)}, "
+            f"the model expects {slot.shape}"
+        )
+    if meta.dtype.torch != slot.dtype:
+        raise DTypeError(
+            f"tensor {stored[0]!r}: the store holds {meta.dtype.name}, the model expects "
+            f"{str(slot.dtype).removeprefix('torch.')}"
+        )
+    return Slot((stored[0], *(n for n in slot.names if n != stored[0])), slot.shape, slot.dtype)
+
+
+def _placeholder(slot: Slot, device: torch.device) -> torch.Tensor:
+    # One element broadcast to the full shape: shape, dtype and device are right (models read
+    # them, e.g. ``model.device``) for a few bytes. NaN makes any unguarded read loud.
+    fill = float("nan") if slot.dtype.is_floating_point or slot.dtype.is_complex else 0
+    return torch.full((), fill, dtype=slot.dtype, device=device).expand(slot.shape)
+
+
+def _install_buffers(
+    model: nn.Module, ts: TensorStore, device: torch.device,
+    restore: list[tuple[dict[str, Any], str, Any]],
+) -> int:
+    """Buffers stay resident: persistent ones from the store, the others from the skeleton."""
+    values: dict[int, torch.Tensor] = {}
+    total = 0
+    for name, (buf, persistent) in model_buffers(model).items():
+        if persistent:
+            if name not in ts:
+                raise MissingTensorError(
+                    f"no tensor {name!r} (a persistent buffer) in {ts.store.url}"
+                )
+            meta = ts.meta(name)
+            if tuple(meta.shape) != tuple(buf.shape):
+                raise ShapeError(
+                    f"buffer {name!r}: the store holds shape {tuple(meta.shape)}, "
+                    f"the model expects {tuple(buf.shape)}"
+                )
+            value = ts.load([name], device=device)[name]
+        elif buf.device.type == "meta":
+            raise BigstoreError(
+                f"buffer {name!r} is not saved with the weights and the skeleton has no value "
+                "for it (built under torch.device('meta')?): build the model inside "
+                "bigstore.skeleton(), which keeps buffers real"
+            )
+        else:
+            value = buf.to(device)
+        values[id(buf)] = value
+        total += value.numel() * value.element_size()
+    for mod in model.modules():
+        for bname, old in list(mod._buffers.items()):
+            if old is not None and id(old) in values:
+                restore.append((mod._buffers, bname, old))
+                mod._buffers[bname] = values[id(old)]
+    return total
+
+
+def offload(
+    model: nn.Module,
+    url: str | os.PathLike[str] | Store,
+    *,
+    device: str | torch.device | None = None,
+    budget: int | str = "2GiB",
+    prefetch: int = 2,
+    storage_options: Mapping[str, Any] | None = None,
+    units: UnitSpec = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit: int | str = "16GiB",
+    drop_cache: bool = True,
+    staging_bytes: int | str = "64MiB",
+    guard: bool = True,
+    read_config: ReadConfig | None = None,
+) -> OffloadedModel:
+    """Page ``model``'s weights from the store at ``url`` into ``device`` as its forward needs.
+
+    ``model`` is usually a skeleton (see :func:`skeleton`): its parameters need no values.
+    At most ``budget`` bytes of weights are resident on ``device`` at any time; ``prefetch``
+    units are read ahead in the order recorded on the first forward pass. ``units``: module
+    names (or a predicate ``(name, module) -> bool``) whose subtrees are each paged as one
+    unit; by default each block of the model's repeated layer list. The model is meant for
+    inference: its parameters are made ``requires_grad=False`` while offloaded.
+    Returns an :class:`OffloadedModel`; close it to restore the plain module.
+    """
+    dev = torch.device(device if device is not None else
+                       ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    config = OffloadConfig(
+        budget=parse_bytes(budget), prefetch=prefetch, staging_bytes=parse_bytes(staging_bytes),
+        drop_cache=drop_cache, guard=guard,
+        cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
+        cache_limit=parse_bytes(cache_limit),
+    )
+    store = open_store(url, storage_options)
+    if config.cache_dir is not None and not isinstance(store, LocalStore | MemoryStore):
+        store = CachingStore(store, config.cache_dir, config.cache_limit)
+    ts = TensorStore.open(store, config=read_config)
+    restore: list[tuple[dict[str, Any], str, Any]] = []
+    try:
+        return _offload(model, ts, dev, config, units, restore)
+    except BaseException:
+        for table, key, original in reversed(restore):
+            table[key] = original
+        ts.close()
+        raise
+
+
+def _offload(
+    model: nn.Module, ts: TensorStore, dev: torch.device, config: OffloadConfig,
+    units_spec: UnitSpec, restore: list[tuple[dict[str, Any], str, Any]],
+) -> OffloadedModel:
+    found = discover_units(model, units_spec)
+    units = [
+        Unit(u.index, u.name, tuple(_resolve_slot(ts, s) for s in u.slots), u.hook_modules)
+        for u in found
+    ]
+    fixed = _install_buffers(model, ts, dev, restore)
+    if fixed > config.budget:
+        raise BudgetError(
+            f"budget of {config.budget} bytes is smaller than the model's buffers ({fixed} bytes)"
+        )
+    for u in units:
+        _, size = plan_layout([s.nbytes for s in u.slots], config.align)
+        if size > config.budget - fixed:
+            raise BudgetError(
+                f"budget of {config.budget} bytes is too small for unit {u.name!r} "
+                f"({size} bytes{f', plus {fixed} bytes of buffers' if fixed else ''}): "
+                f"the budget must hold the largest unit"
+            )
+    # fresh parameters (meta tensors cannot be re-pointed at real memory); the same object
+    # under every name of a tied weight, so it stays tied
+    params: list[list[nn.Parameter]] = []
+    owner: dict[int, int] = {}
+    for u in units:
+        ps = []
+        for slot in u.slots:
+            p = nn.Parameter(_placeholder(slot, dev), requires_grad=False)
+            for name in slot.names:
+                mod_name, _, attr = name.rpartition(".")
+                mod = model.get_submodule(mod_name)
+                restore.append((mod._parameters, attr, mod._parameters[attr]))
+                mod._parameters[attr] = p
+            owner[id(p)] = u.index
+            ps.append(p)
+        params.append(ps)
+    max_row = max(
+        (ts.meta(s.name).row_bytes for u in units for s in u.slots), default=0
+    )
+    loader = DeviceLoader(
+        ts, dev, workers=min(config.prefetch, 4), slots=max(2, config.prefetch + 1),
+        slot_bytes=max(config.staging_bytes, max_row),
+        drop_cache=config.drop_cache and isinstance(ts.store, LocalStore),
+    )
+    pager = Pager(
+        units, params, loader, budget=config.budget, fixed_bytes=fixed,
+        prefetch=config.prefetch, align=config.align,
+    )
+    handles = _install_hooks(model, units, pager, _Guard(pager, owner) if config.guard else None)
+    return OffloadedModel(model, pager, loader, ts, config, restore, handles)
+
+
+def _install_hooks(
+    model: nn.Module, units: list[Unit], pager: Pager, guard: _Guard | None
+) -> list[Any]:
+    handles: list[Any] = []
+    depth = [0]
+
+    def pass_begin(_m: nn.Module, _a: Any) -> None:
+        depth[0] += 1
+        if depth[0] == 1:
+            pager.begin_pass()
+            pager.push_frame()
+            if guard is not None:
+                guard.__enter__()
+
+    def pass_end(_m: nn.Module, _a: Any, _o: Any) -> None:
+        depth[0] -= 1
+        if depth[0] == 0:
+            if guard is not None:
+                guard.__exit__(None, None, None)
+            pager.pop_frame()
+            pager.end_pass()
+
+    def unit_begin(u: int, _m: nn.Module, _a: Any) -> None:
+        pager.acquire(u)
+        pager.push_frame()
+
+    def unit_end(u: int, _m: nn.Module, _a: Any, _o: Any) -> None:
+        pager.pop_frame()
+        pager.release(u)
+
+    handles.append(model.register_forward_pre_hook(pass_begin, prepend=True))
+    for u in units:
+        for name in u.hook_modules:
+            mod = model.get_submodule(name)
+            handles.append(mod.register_forward_pre_hook(partial(unit_begin, u.index)))
+            handles.append(
+                mod.register_forward_hook(partial(unit_end, u.index), always_call=True)
+            )
+    handles.append(model.register_forward_hook(pass_end, always_call=True))
+    return handles
