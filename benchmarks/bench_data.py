@@ -1,0 +1,176 @@
+"""Dataset loading, side by side on one machine, in one run (not a timed test).
+
+    .venv/bin/python benchmarks/bench_data.py [--samples 1000000 --sample-bytes 1024] [--quick]
+
+Fixed-size uint8 "images" + an int64 label, batch 256. Rows: bigstore shuffled and sequential
+(warm and cold), memcpy of the same bytes, a hand-written np.memmap fancy-indexing loop,
+torch DataLoader over a map-style memmap Dataset with RandomSampler (0 and 2 workers),
+zarr-python indexing, pyarrow ``take``; then shuffle quality for several windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bigstore.data import open_dataset, write_dataset
+from bigstore.demo._data import drop_page_cache, memcpy_gbps, sequential_read_gbps
+
+B = 256
+
+
+def timed(fn: Callable[[], int]) -> tuple[float, int]:
+    t = time.perf_counter()
+    n = fn()
+    return time.perf_counter() - t, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=1_000_000)
+    ap.add_argument("--sample-bytes", type=int, default=1024)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    n, sb = (100_000, a.sample_bytes) if a.quick else (a.samples, a.sample_bytes)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-data-"))
+    rng = np.random.default_rng(0)
+    raw = work / "raw.u8"
+    mm = np.lib.format.open_memmap(raw, mode="w+", dtype=np.uint8, shape=(n, sb))
+    for s in range(0, n, 65536):
+        mm[s : s + 65536] = rng.integers(0, 255, (min(65536, n - s), sb), dtype=np.uint8)
+    mm.flush()
+    labels = np.arange(n, dtype=np.int64)
+    write_dataset(work / "ds", {"image": mm, "label": labels})
+    ds = open_dataset(work / "ds")
+    nbytes = n * (sb + 8)
+    results: dict[str, float] = {}
+
+    def bigstore(shuffle: bool) -> int:
+        c = 0
+        for b in ds.loader(B, shuffle=shuffle, window=64):
+            c += b["label"].shape[0]
+        return c
+
+    def memmap_loop() -> int:
+        m = np.load(raw, mmap_mode="r")
+        perm = np.random.default_rng(1).permutation(n)
+        c = 0
+        for s in range(0, n, B):
+            idx = perm[s : s + B]
+            x, y = m[idx], labels[idx]
+            c += x.shape[0] + 0 * y.shape[0]
+        return c
+
+    def torch_loader(workers: int) -> Callable[[], int]:
+        import torch
+
+        class MM(torch.utils.data.Dataset[Any]):
+            def __len__(self) -> int:
+                return n
+
+            def __getitem__(self, i: int) -> Any:
+                m = np.load(raw, mmap_mode="r")
+                return np.asarray(m[i]), labels[i]
+
+        def go() -> int:
+            dl = torch.utils.data.DataLoader(
+                MM(),
+                batch_size=B,
+                sampler=torch.utils.data.RandomSampler(MM()),
+                num_workers=workers,
+            )
+            c = 0
+            for i, (x, _) in enumerate(dl):
+                c += x.shape[0]
+                if i * B >= min(n, 100_000):  # per-sample Python: time a slice, extrapolate
+                    break
+            return c
+
+        return go
+
+    def zarr_loop() -> int:
+        import zarr
+
+        z = zarr.open_array(work / "ds" / "image", mode="r")
+        perm = np.sort(np.random.default_rng(1).permutation(n)[: min(n, 20 * B)])
+        c = 0
+        for s in range(0, perm.shape[0], B):
+            c += z.get_orthogonal_selection((perm[s : s + B], slice(None))).shape[0]
+        return c
+
+    def arrow_take() -> int:
+        import pyarrow as pa
+
+        arr = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(sb), n, [None, pa.py_buffer(np.load(raw, mmap_mode="r"))]
+        )
+        t = pa.table({"image": arr, "label": labels})
+        perm = np.random.default_rng(1).permutation(n)
+        c = 0
+        for s in range(0, n, B):
+            c += t.take(perm[s : s + B]).num_rows
+        return c
+
+    mem = memcpy_gbps(nbytes)
+    seq = sequential_read_gbps(work / "ds")
+    rows: list[tuple[str, float, int]] = []
+    for name, fn in [
+        ("bigstore shuffled warm", lambda: bigstore(True)),
+        ("bigstore sequential warm", lambda: bigstore(False)),
+        ("np.memmap loop shuffled warm", memmap_loop),
+        ("torch DataLoader memmap nw=0", torch_loader(0)),
+        ("torch DataLoader memmap nw=2", torch_loader(2)),
+        ("zarr-python orthogonal index", zarr_loop),
+        ("pyarrow take (HF-style)", arrow_take),
+    ]:
+        fn() if name.startswith("bigstore") else None  # warm the page cache / numba
+        dt, c = timed(fn)
+        rows.append((name, dt, c))
+    drop_page_cache(work / "ds")
+    dt, c = timed(lambda: bigstore(True))
+    rows.append(("bigstore shuffled cold", dt, c))
+    drop_page_cache(work / "ds")
+    dt, c = timed(lambda: bigstore(False))
+    rows.append(("bigstore sequential cold", dt, c))
+    print(
+        f"{n:,} samples x {sb} B (+8 B label), batch {B}; memcpy {mem:.2f} GB/s, "
+        f"disk sequential read (cold) {seq:.2f} GB/s"
+    )
+    for name, dt, c in rows:
+        sps = c / dt
+        gbps = sps * (sb + 8) / 1e9
+        results[name] = gbps
+        print(f"  {name:34s} {sps:12,.0f} samples/s {gbps:7.3f} GB/s  {gbps / mem:5.2f}x memcpy")
+    print("ratios:")
+    r = results
+    vs_loop = r["bigstore shuffled warm"] / r["np.memmap loop shuffled warm"]
+    print(f"  shuffled / memmap loop     {vs_loop:.2f} (target >= 1.5)")
+    print(f"  shuffled / memcpy (warm)   {r['bigstore shuffled warm'] / mem:.2f} (target >= 0.4)")
+    seq_vs_shuf = r["bigstore sequential warm"] / r["bigstore shuffled warm"]
+    print(f"  sequential / shuffled warm {seq_vs_shuf:.2f} (target <= 1.25)")
+    print(f"  shuffled cold / disk seq   {r['bigstore shuffled cold'] / seq:.2f} (target >= 0.85)")
+    print("shuffle quality (class-sorted, 100 classes; distinct classes per batch):")
+    cls = np.arange(n) * 100 // n
+    glob = np.mean(
+        [
+            len(np.unique(cls[np.random.default_rng(s).choice(n, B, replace=False)]))
+            for s in range(50)
+        ]
+    )
+    from bigstore.data.order import Order, OrderSpec
+
+    for w in (1, 4, 16, 64, 256):
+        order = Order(OrderSpec(n, ds.layout.chunk_rows, 0, 0, True, w))
+        g = order.samples(np.array([[0, n]], np.int64))
+        q = np.mean([len(np.unique(cls[g[s : s + B]])) for s in range(0, n - B, B * 7)])
+        print(f"  window {w:4d} chunks: {q:6.1f}  (global shuffle {glob:.1f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""A dataset's columns and how each is laid out as sharded Zarr v3 arrays.
+
+Every column is chunked along the sample axis with the same ``chunk_rows``, so "chunk k" names
+the same samples in every column: the loader's unit of reading. A fixed-shape column is one
+array ``<name>`` of shape (rows, *shape). A variable-length column is a group ``<name>`` holding
+``<name>/values`` (all samples' elements back to back, 1-D) and ``<name>/offsets`` of shape
+(rows, 2): each sample's [start, stop) in ``values``. Storing both ends keeps each offsets chunk
+self-contained (no peek into the previous chunk).
+
+Arrays are sharded (zarr's ``sharding_indexed`` codec): one object holds ``chunks_per_shard``
+inner chunks back to back, then an index of (offset, nbytes) uint64 pairs and its crc32c.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import NotAStoreError
+from ..format import check_tensor_name
+from ..format.codecs import ChunkCodec
+from ..format.dtypes import DTypeSpec, dtype_spec
+
+__all__ = ["ArraySpec", "ColumnSpec", "DatasetLayout", "Kind"]
+
+Kind = Literal["fixed", "list", "bytes", "str"]
+_KINDS = ("fixed", "list", "bytes", "str")
+INDEX_ENTRY = 16  # (offset, nbytes) as two little-endian uint64
+EMPTY = (1 << 64) - 1  # an index entry for an inner chunk that was never written
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One column: ``kind`` "fixed" (shape per sample) or variable-length "list"/"bytes"/"str"."""
+
+    name: str
+    kind: Kind
+    dtype: DTypeSpec
+    shape: tuple[int, ...] = ()  # per-sample shape; () for variable-length columns
+
+    def __post_init__(self) -> None:
+        check_tensor_name(self.name)
+        if self.kind not in _KINDS:
+            raise NotAStoreError(f"column {self.name!r}: unknown kind {self.kind!r}")
+
+    @property
+    def variable(self) -> bool:
+        return self.kind != "fixed"
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dtype.itemsize * math.prod(self.shape) if not self.variable else 16
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "dtype": self.dtype.name,
+            "shape": list(self.shape),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ColumnSpec:
+        try:
+            return cls(
+                str(d["name"]),
+                d["kind"],
+                dtype_spec(str(d["dtype"])),
+                tuple(int(x) for x in d.get("shape", ())),
+            )
+        except (KeyError, TypeError) as e:
+            raise NotAStoreError(f"malformed column description {d!r} ({e})") from None
+
+    def describe(self) -> tuple[str, str, tuple[int, ...] | None]:
+        """(name, dtype, shape) as ``Dataset.columns`` shows it; shape None: variable length."""
+        dt = {"bytes": "bytes", "str": "str"}.get(self.kind, self.dtype.name)
+        return self.name, dt, (None if self.variable else self.shape)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One sharded Zarr array: (rows, *inner) elements, inner chunks of ``chunk_rows`` rows."""
+
+    path: str
+    rows: int
+    inner: tuple[int, ...]
+    dtype: DTypeSpec
+    chunk_rows: int
+    chunks_per_shard: int
+    codec: ChunkCodec
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dtype.itemsize * math.prod(self.inner)
+
+    @property
+    def chunk_nbytes(self) -> int:
+        return self.chunk_rows * self.row_bytes
+
+    @property
+    def shard_rows(self) -> int:
+        return self.chunk_rows * self.chunks_per_shard
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.rows / self.chunk_rows) if self.rows else 0
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.rows / self.shard_rows) if self.rows else 0
+
+    @property
+    def index_nbytes(self) -> int:
+        return self.chunks_per_shard * INDEX_ENTRY + 4
+
+    def shard_key(self, s: int) -> str:
+        return f"{self.path}/c/" + "/".join([str(s)] + ["0"] * len(self.inner))
+
+    @property
+    def meta_key(self) -> str:
+        return f"{self.path}/zarr.json"
+
+    def with_rows(self, rows: int) -> ArraySpec:
+        return ArraySpec(
+            self.path,
+            rows,
+            self.inner,
+            self.dtype,
+            self.chunk_rows,
+            self.chunks_per_shard,
+            self.codec,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The array's Zarr v3 document, built by zarr-python itself."""
+        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+        from zarr.core.chunk_grids import RegularChunkGrid
+        from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+        from zarr.core.dtype import parse_data_type
+        from zarr.core.metadata.v3 import ArrayV3Metadata
+
+        inner = tuple(max(1, d) for d in self.inner)
+        sharding = ShardingCodec(
+            chunk_shape=(self.chunk_rows, *inner),
+            codecs=self.codec.zarr_codecs(),
+            index_codecs=[BytesCodec(endian="little"), Crc32cCodec()],
+        )
+        md = ArrayV3Metadata(
+            shape=(self.rows, *self.inner),
+            data_type=parse_data_type(self.dtype.storage, zarr_format=3),
+            chunk_grid=RegularChunkGrid(chunk_shape=(self.shard_rows, *inner)),
+            chunk_key_encoding=DefaultChunkKeyEncoding(separator="/"),
+            fill_value=0,
+            codecs=[sharding],
+            attributes={"bigstore": {"dtype": self.dtype.name}},
+            dimension_names=None,
+        )
+        d: dict[str, Any] = md.to_dict()
+        return d
+
+    @classmethod
+    def from_json(cls, path: str, doc: dict[str, Any], where: str) -> ArraySpec:
+        from zarr.codecs import ShardingCodec
+        from zarr.core.metadata.v3 import ArrayV3Metadata
+
+        try:
+            md = ArrayV3Metadata.from_dict(dict(doc))
+        except Exception as e:  # zarr raises several types for malformed metadata
+            raise NotAStoreError(f"{where}: invalid Zarr v3 array metadata ({e})") from e
+        if len(md.codecs) != 1 or not isinstance(md.codecs[0], ShardingCodec):
+            raise NotAStoreError(f"{where}: dataset arrays must be sharded")
+        sh = md.codecs[0]
+        attrs = md.attributes.get("bigstore", {}) if isinstance(md.attributes, dict) else {}
+        spec = dtype_spec(attrs.get("dtype") or md.data_type.to_native_dtype().name)
+        inner_rows = int(sh.chunk_shape[0])
+        shard_rows = int(md.chunk_grid.chunk_shape[0])  # type: ignore[attr-defined]  # `md.chunks` is the inner shape
+        codec = ChunkCodec.from_zarr(sh.codecs, where)
+        shape = tuple(int(d) for d in md.shape)
+        return cls(path, shape[0], shape[1:], spec, inner_rows, shard_rows // inner_rows, codec)
+
+
+def group_doc() -> dict[str, Any]:
+    return {"zarr_format": 3, "node_type": "group", "attributes": {}}
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Everything a reader needs: rows, the shared chunking, columns and their arrays."""
+
+    num_rows: int
+    chunk_rows: int
+    columns: tuple[ColumnSpec, ...]
+    arrays: dict[str, ArraySpec] = field(default_factory=dict)  # path -> array
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.num_rows / self.chunk_rows) if self.num_rows else 0
+
+    def column(self, name: str) -> ColumnSpec:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        from ..errors import MissingTensorError
+
+        known = ", ".join(c.name for c in self.columns)
+        raise MissingTensorError(f"unknown column {name!r}; this dataset has: {known}")
+
+    def main_array(self, col: ColumnSpec) -> ArraySpec:
+        """The array chunked like the samples: the column itself, or its offsets."""
+        return self.arrays[col.name if not col.variable else f"{col.name}/offsets"]
+
+    def values_array(self, col: ColumnSpec) -> ArraySpec:
+        return self.arrays[f"{col.name}/values"]
+
+    def chunk_len(self, k: int) -> int:
+        return min(self.chunk_rows, self.num_rows - k * self.chunk_rows)

@@ -1,0 +1,205 @@
+"""``open_dataset`` and ``Dataset``: sizes, columns, and random access by index."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import bigstore_native.data as kernels
+import numpy as np
+
+from ..errors import NotAStoreError, ShapeError
+from ..format.root import read_root
+from ..io import get_executor
+from ..store import Store, is_local_url, open_store
+from ._chunks import ChunkLoader, ChunkPools, gather_fixed, gather_var
+from ._schema import ArraySpec, ColumnSpec, DatasetLayout
+from ._shard import ShardReader
+
+__all__ = ["Dataset", "open_dataset", "read_layout"]
+
+
+def read_layout(store: Store) -> DatasetLayout:
+    root = read_root(store, expect_kind="dataset")
+    attrs = root.attrs
+    try:
+        columns = tuple(ColumnSpec.from_json(c) for c in attrs["columns"])
+        num_rows, chunk_rows = int(attrs["num_rows"]), int(attrs["chunk_rows"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise NotAStoreError(f"{store.url}: malformed dataset attributes ({e})") from None
+    arrays: dict[str, ArraySpec] = {}
+    for c in columns:
+        paths = [f"{c.name}/values", f"{c.name}/offsets"] if c.variable else [c.name]
+        for p in paths:
+            doc = root.arrays.get(p)
+            if doc is None:
+                raise NotAStoreError(f"{store.url}: column {c.name!r} has no array {p!r}")
+            arrays[p] = ArraySpec.from_json(p, doc, f"{store.url}/{p}")
+    layout = DatasetLayout(num_rows, chunk_rows, columns, arrays)
+    for c in columns:
+        main = layout.main_array(c)
+        if main.rows != num_rows or main.chunk_rows != chunk_rows:
+            raise NotAStoreError(f"{store.url}: array of column {c.name!r} disagrees with the root")
+    return layout
+
+
+class Dataset:
+    """A committed dataset: ``len(ds)``, ``ds.columns``, ``ds[i]``, ``ds[indices]``, loaders."""
+
+    def __init__(
+        self,
+        url: str,
+        store: Store,
+        layout: DatasetLayout,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        verify: bool = True,
+        cache_dir: str | None = None,
+        cache_bytes: int | str = "10GiB",
+    ) -> None:
+        self.url = url
+        self.store = store
+        self.layout = layout
+        self.storage_options = dict(storage_options or {})
+        self.verify = verify
+        self._cache = (cache_dir, cache_bytes)
+        self.reader = ShardReader(store, verify=verify)
+
+    # -- pickling: DataLoader workers (spawn/forkserver) reopen by URL, never inherit handles --
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "storage_options": self.storage_options,
+            "verify": self.verify,
+            "cache": self._cache,
+            "num_rows": self.layout.num_rows,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        cache_dir, cache_bytes = state["cache"]
+        ds = open_dataset(
+            state["url"],
+            state["storage_options"],
+            verify=state["verify"],
+            cache_dir=cache_dir,
+            cache_bytes=cache_bytes,
+        )
+        if len(ds) != state["num_rows"]:
+            raise ShapeError(f"{ds.url} changed (now {len(ds)} samples, was {state['num_rows']})")
+        self.__dict__.update(ds.__dict__)
+
+    # -- description --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.layout.num_rows
+
+    @property
+    def columns(self) -> list[tuple[str, str, tuple[int, ...] | None]]:
+        """(name, dtype, per-sample shape) of each column; shape None for variable length."""
+        return [c.describe() for c in self.layout.columns]
+
+    def __repr__(self) -> str:
+        cols = ", ".join(
+            f"{n}: {d}{list(s) if s is not None else '[*]'}" for n, d, s in self.columns
+        )
+        return f"Dataset({self.url!r}, {len(self)} samples, {cols})"
+
+    def select(self, columns: Iterable[str] | None) -> list[ColumnSpec]:
+        if columns is None:
+            return list(self.layout.columns)
+        if isinstance(columns, str):
+            columns = [columns]
+        return [self.layout.column(c) for c in columns]
+
+    # -- random access ------------------------------------------------------------------------
+    def __getitem__(self, index: Any) -> dict[str, Any]:
+        if isinstance(index, int | np.integer):
+            i = self._check(np.array([int(index)], np.int64))
+            batch = self.read(i)
+            return {k: v[0] for k, v in batch.items()}
+        if isinstance(index, slice):
+            return self.read(np.arange(len(self), dtype=np.int64)[index])
+        return self.read(np.asarray(index))
+
+    def _check(self, idx: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        if idx.dtype.kind not in "iu" or idx.ndim != 1:
+            raise ShapeError(
+                f"sample indices must be a 1-D integer array, got {idx.dtype} {idx.shape}"
+            )
+        idx = idx.astype(np.int64)
+        n = len(self)
+        bad = (idx < -n) | (idx >= n)
+        if bad.any():
+            raise IndexError(f"sample index {int(idx[bad][0])} out of range for {n} samples")
+        return np.where(idx < 0, idx + n, idx)
+
+    def read(
+        self, index: Sequence[int] | np.ndarray[Any, Any], columns: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """The samples ``index`` (any order, repeats allowed) as batched arrays; reads only the
+        inner chunks that hold them."""
+        idx = self._check(np.asarray(index).reshape(-1) if len(index) else np.empty(0, np.int64))
+        cols = self.select(columns)
+        uniq, which, rows = kernels.split_by_chunk(
+            idx, self.layout.chunk_rows, max(1, self.layout.n_chunks)
+        )
+        pools = ChunkPools(self.layout, cols, max(1, len(uniq)))
+        loader = ChunkLoader(self.layout, self.reader)
+        chunks = uniq.tolist()
+        slots = list(range(len(chunks)))
+        tasks = [(c, chunks[i::8], slots[i::8]) for c in cols for i in range(8) if chunks[i::8]]
+        for _ in get_executor().map(lambda t: loader.load(t[0], t[1], pools, t[2]), tasks):
+            pass
+        out: dict[str, Any] = {}
+        for c in cols:
+            out[c.name] = (
+                gather_var(pools, c, which, rows)
+                if c.variable
+                else gather_fixed(pools, c, which, rows)
+            )
+        return out
+
+    # -- iteration ----------------------------------------------------------------------------
+    def loader(self, batch_size: int, **options: Any) -> Any:
+        """A shuffled, sharded, resumable batch iterator; see :class:`bigstore.data.Loader`."""
+        from .loader import Loader
+
+        return Loader(self, batch_size, **options)
+
+    def torch_dataset(self, batch_size: int, **options: Any) -> Any:
+        """A ``torch.utils.data.IterableDataset`` yielding whole batches (use
+        ``DataLoader(ds, batch_size=None, num_workers=...)``)."""
+        from .torch import TorchDataset
+
+        return TorchDataset(self, batch_size, **options)
+
+
+def open_dataset(
+    url: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    verify: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_bytes: int | str = "10GiB",
+) -> Dataset:
+    """Open the dataset at ``url``. Remote (fsspec) datasets read through a bounded local cache
+    in ``cache_dir`` (default ``$BIGSTORE_CACHE_DIR`` or ``~/.cache/bigstore``), LRU by bytes."""
+    s = os.fspath(url)
+    store = open_store(s, storage_options)
+    layout = read_layout(store)
+    cdir = os.fspath(cache_dir) if cache_dir is not None else None
+    from ..store import FsspecStore
+
+    if isinstance(store, FsspecStore) and not is_local_url(s):
+        from ._cache import CachedStore, default_cache_dir
+
+        store = CachedStore(store, cdir or default_cache_dir(), cache_bytes)
+    return Dataset(
+        s,
+        store,
+        layout,
+        storage_options=storage_options,
+        verify=verify,
+        cache_dir=cdir,
+        cache_bytes=cache_bytes,
+    )

@@ -1,0 +1,300 @@
+"""``write_dataset``: stream any source into sharded Zarr v3 arrays, crash-safely.
+
+``mode="w"`` writes into a staging location and publishes it atomically (the previous dataset
+stays readable until then). ``mode="a"`` adds samples in place: new shards are new objects, the
+one partially filled last shard of each array is rewritten whole (an atomic put: its existing
+chunks keep their bytes and positions), and the root document, written last, commits the new
+length. A writer killed before that leaves the previous dataset readable as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ..config import parse_bytes
+from ..errors import BigstoreError, InvalidKeyError, ShapeError, StoreNotFoundError
+from ..format import parse_codec
+from ..format.codecs import ChunkCodec
+from ..format.root import write_root
+from ..io import get_executor
+from ..store import Store, open_store
+from ..weights._publish import check_replaceable, discard, make_staging, publish
+from ._schema import ArraySpec, DatasetLayout, group_doc
+from ._shard import ShardReader, encode_shard
+from ._source import Batch, VarBatch, conform, infer_column, iter_batches
+
+__all__ = ["write_dataset", "DatasetWriteConfig"]
+
+_MAX_CHUNKS_PER_SHARD = 4096  # the shard index (16 B per chunk) stays <= 64 KiB
+_IN_FLIGHT = 4  # shards being encoded/written at once, per dataset write
+
+
+@dataclass(frozen=True)
+class DatasetWriteConfig:
+    """Layout knobs: explicit rows per inner chunk, or targets in bytes; the chunk codec."""
+
+    chunk_rows: int | None
+    chunk_bytes: int
+    shard_bytes: int
+    codec: ChunkCodec
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows is not None and self.chunk_rows <= 0:
+            raise BigstoreError(f"chunk_rows must be positive, got {self.chunk_rows}")
+        if self.chunk_bytes <= 0 or self.shard_bytes <= 0:
+            raise BigstoreError("chunk_bytes and shard_bytes must be positive")
+
+
+class _ArrayWriter:
+    """Collects rows of one array and writes a shard whenever one is full."""
+
+    def __init__(self, store: Store, spec: ArraySpec, pending: np.ndarray[Any, Any] | None) -> None:
+        self.store = store
+        self.spec = spec
+        self.rows = spec.rows  # rows committed to shards or pending
+        self.next_shard = spec.rows // spec.shard_rows
+        self.pending: list[np.ndarray[Any, Any]] = [] if pending is None else [pending]
+        self.pending_rows = 0 if pending is None else pending.shape[0]
+        self.futures: list[Future[None]] = []
+
+    def add(self, rows: np.ndarray[Any, Any]) -> None:
+        if rows.shape[0] == 0:
+            return
+        flat = np.ascontiguousarray(rows).reshape(rows.shape[0], -1).view(np.uint8)
+        self.pending.append(flat)
+        self.pending_rows += flat.shape[0]
+        self.rows += flat.shape[0]
+        while self.pending_rows >= self.spec.shard_rows:
+            self._flush(self.spec.shard_rows)
+
+    def _flush(self, n: int) -> None:
+        allrows = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        shard, rest = allrows[:n], allrows[n:]
+        self.pending = [rest] if rest.shape[0] else []
+        self.pending_rows = rest.shape[0]
+        s = self.next_shard
+        self.next_shard += 1
+        spec = self.spec
+
+        def write() -> None:
+            self.store.put(spec.shard_key(s), encode_shard(spec, shard))
+
+        self.futures.append(get_executor().submit(write))
+        while len(self.futures) > _IN_FLIGHT:  # bounded memory: wait for the oldest shard
+            self.futures.pop(0).result()
+
+    def finish(self) -> ArraySpec:
+        if self.pending_rows:
+            self._flush(self.pending_rows)
+        for f in self.futures:
+            f.result()
+        self.futures = []
+        return self.spec.with_rows(self.rows)
+
+
+def _choose_chunk_rows(first: Batch, cfg: DatasetWriteConfig) -> int:
+    if cfg.chunk_rows is not None:
+        return cfg.chunk_rows
+    n = max(1, len(next(iter(first.values()))))
+    row_bytes = 0
+    for col in first.values():
+        if isinstance(col, VarBatch):
+            row_bytes += 16 + col.values.nbytes // n
+        else:
+            row_bytes += col.dtype.itemsize * math.prod(col.shape[1:])
+    return max(1, cfg.chunk_bytes // max(1, row_bytes))
+
+
+def _new_array(
+    path: str, spec_dtype: Any, inner: tuple[int, ...], chunk_rows: int, cfg: DatasetWriteConfig
+) -> ArraySpec:
+    row_bytes = spec_dtype.itemsize * math.prod(inner)
+    per_shard = max(
+        1, min(_MAX_CHUNKS_PER_SHARD, cfg.shard_bytes // max(1, chunk_rows * row_bytes))
+    )
+    return ArraySpec(path, 0, inner, spec_dtype, chunk_rows, per_shard, cfg.codec)
+
+
+def _new_layout(first: Batch, cfg: DatasetWriteConfig) -> DatasetLayout:
+    chunk_rows = _choose_chunk_rows(first, cfg)
+    columns = tuple(infer_column(name, col) for name, col in first.items())
+    arrays: dict[str, ArraySpec] = {}
+    from ..format.dtypes import dtype_spec
+
+    for c in columns:
+        if c.variable:
+            vrows = max(1, cfg.chunk_bytes // c.dtype.itemsize)
+            arrays[f"{c.name}/values"] = _new_array(f"{c.name}/values", c.dtype, (), vrows, cfg)
+            arrays[f"{c.name}/offsets"] = _new_array(
+                f"{c.name}/offsets", dtype_spec("int64"), (2,), chunk_rows, cfg
+            )
+        else:
+            arrays[c.name] = _new_array(c.name, c.dtype, c.shape, chunk_rows, cfg)
+    return DatasetLayout(0, chunk_rows, columns, arrays)
+
+
+def _resume_writers(store: Store, layout: DatasetLayout) -> dict[str, _ArrayWriter]:
+    """Writers that continue each array, with its partial last shard read back."""
+    reader = ShardReader(store)
+    writers = {}
+    for path, spec in layout.arrays.items():
+        tail = spec.rows % spec.shard_rows
+        pending = None
+        if tail:
+            s = spec.rows // spec.shard_rows
+            first = s * spec.chunks_per_shard
+            chunks = list(range(first, first + math.ceil(tail / spec.chunk_rows)))
+            buf = np.empty((len(chunks) * spec.chunk_rows, spec.row_bytes), np.uint8)
+            outs = [
+                memoryview(buf[i * spec.chunk_rows : (i + 1) * spec.chunk_rows]).cast("B")
+                for i in range(len(chunks))
+            ]
+            reader.read_chunks(spec, chunks, outs)
+            pending = buf[:tail]
+        writers[path] = _ArrayWriter(store, spec, pending)
+    return writers
+
+
+def _write_batches(
+    store: Store,
+    layout: DatasetLayout | None,
+    batches: Iterable[Batch],
+    cfg: DatasetWriteConfig,
+    bar: Any,
+) -> DatasetLayout:
+    it = iter(batches)
+    writers: dict[str, _ArrayWriter] = {}
+    if layout is None:
+        first = next(it, None)
+        if first is None:
+            raise ShapeError("the source holds no samples (no batches)")
+        layout = _new_layout(first, cfg)
+        writers = {p: _ArrayWriter(store, a, None) for p, a in layout.arrays.items()}
+        it = _chain(first, it)
+    else:
+        writers = _resume_writers(store, layout)
+    names = [c.name for c in layout.columns]
+    num_rows = layout.num_rows
+    for b, batch in enumerate(it):
+        if sorted(batch) != sorted(names):
+            raise ShapeError(
+                f"batch {b} has columns {sorted(batch)}; the dataset has {sorted(names)}"
+            )
+        for c in layout.columns:
+            col = conform(c, batch[c.name], b)
+            if isinstance(col, VarBatch):
+                vw = writers[f"{c.name}/values"]
+                ends = vw.rows + np.cumsum(col.lengths, dtype=np.int64)
+                offsets = np.stack([ends - col.lengths, ends], axis=1)
+                vw.add(col.values.reshape(-1, 1) if col.values.ndim == 1 else col.values)
+                writers[f"{c.name}/offsets"].add(offsets)
+            else:
+                writers[c.name].add(col)
+        n = len(next(iter(batch.values())))
+        num_rows += n
+        if bar is not None:
+            bar.update(n)
+    arrays = {p: w.finish() for p, w in writers.items()}
+    return DatasetLayout(num_rows, layout.chunk_rows, layout.columns, arrays)
+
+
+def _chain(first: Batch, rest: Iterable[Batch]) -> Iterator[Batch]:
+    yield first
+    yield from rest
+
+
+def _commit(store: Store, layout: DatasetLayout) -> None:
+    docs: dict[str, Any] = {}
+    for c in layout.columns:
+        if c.variable:
+            docs[c.name] = group_doc()
+            store.put(f"{c.name}/zarr.json", json.dumps(group_doc()).encode())
+    for path, spec in layout.arrays.items():
+        doc = spec.to_json()
+        store.put(spec.meta_key, json.dumps(doc, indent=1).encode())
+        docs[path] = doc
+    attrs = {
+        "num_rows": layout.num_rows,
+        "chunk_rows": layout.chunk_rows,
+        "columns": [c.to_json() for c in layout.columns],
+    }
+    write_root(store, "dataset", attrs, docs)  # the commit marker, last
+
+
+def write_dataset(
+    url: str | os.PathLike[str],
+    source: Any,
+    *,
+    chunk_rows: int | None = None,
+    chunk_bytes: int | str = "1MiB",
+    shard_bytes: int | str = "128MiB",
+    codec: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    mode: Literal["w", "a"] = "w",
+    columns: Iterable[str] | None = None,
+    variable: Iterable[str] = (),
+    progress: bool = False,
+) -> DatasetLayout:
+    """Write ``source`` as a dataset at ``url``; returns the layout written.
+
+    source: a mapping of column -> array (first axis = samples; lists of str/bytes/1-D arrays
+    become variable-length columns), a pyarrow Table / RecordBatchReader, a Parquet file, glob
+    or directory, or an iterable of such dict batches. ``columns`` selects columns; ``variable``
+    names columns to store as variable length even when a batch happens to be rectangular.
+    chunk_rows: samples per inner chunk (default: about ``chunk_bytes`` of all columns).
+    shard_bytes: target bytes per shard object. codec: None, "zstd[:level]" or "gzip[:level]".
+    mode: "w" replaces atomically; "a" appends samples (the layout and codec of the existing
+    dataset are kept; ``chunk_rows``/``codec`` are then ignored).
+    """
+    if mode not in ("w", "a"):
+        raise InvalidKeyError(f"mode must be 'w' or 'a', got {mode!r}")
+    cfg = DatasetWriteConfig(
+        chunk_rows=chunk_rows,
+        chunk_bytes=parse_bytes(chunk_bytes),
+        shard_bytes=parse_bytes(shard_bytes),
+        codec=parse_codec(codec),
+    )
+    batches = iter_batches(source, columns=columns, variable=variable)
+    target = open_store(url, storage_options)
+    bar = _progress(progress)
+    try:
+        if mode == "a":
+            from .dataset import read_layout
+
+            try:
+                layout = read_layout(target)
+            except StoreNotFoundError:
+                layout = None
+            if layout is not None:
+                new = _write_batches(target, layout, batches, cfg, bar)
+                _commit(target, new)
+                return new
+        check_replaceable(target)
+        stage = make_staging(target)
+        try:
+            new = _write_batches(stage, None, batches, cfg, bar)
+            _commit(stage, new)
+            publish(stage, target)
+        except BaseException:
+            discard(stage)
+            raise
+        return new
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(desc="write_dataset", unit=" samples", unit_scale=True)

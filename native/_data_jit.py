@@ -1,0 +1,63 @@
+"""numba kernels for datasets: sample order, read plans and row gathers. Arrays in, arrays out.
+
+All are serial and ``nogil``: the loader runs them from several threads at once (and inside
+forked DataLoader workers), where numba's parallel threading layers are neither re-entrant nor
+fork-safe. Parallelism comes from the callers' threads instead.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(cache=True, nogil=True)
+def window_samples(chunks, chunk_rows, num_rows):  # type: ignore[no-untyped-def]
+    """The sample ids of ``chunks`` (in that order), each chunk's rows in order."""
+    n = 0
+    for i in range(chunks.shape[0]):
+        n += min(chunk_rows, num_rows - chunks[i] * chunk_rows)
+    out = np.empty(n, np.int64)
+    k = 0
+    for i in range(chunks.shape[0]):
+        start = chunks[i] * chunk_rows
+        stop = min(start + chunk_rows, num_rows)
+        for s in range(start, stop):
+            out[k] = s
+            k += 1
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def split_by_chunk(samples, chunk_rows, n_chunks):  # type: ignore[no-untyped-def]
+    """(distinct chunks in ascending order, each sample's index into them, row in its chunk)."""
+    seen = np.full(n_chunks, -1, np.int64)
+    n = samples.shape[0]
+    count = 0
+    for i in range(n):
+        c = samples[i] // chunk_rows
+        if seen[c] < 0:
+            seen[c] = 0
+            count += 1
+    uniq = np.empty(count, np.int64)
+    k = 0
+    for c in range(n_chunks):
+        if seen[c] == 0:
+            seen[c] = k
+            uniq[k] = c
+            k += 1
+    which = np.empty(n, np.int64)
+    rows = np.empty(n, np.int64)
+    for i in range(n):
+        c = samples[i] // chunk_rows
+        which[i] = seen[c]
+        rows[i] = samples[i] - c * chunk_rows
+    return uniq, which, rows
+
+
+@nb.njit(cache=True, nogil=True)
+def gather_chunk_rows(pool, slots, rows, out):  # type: ignore[no-untyped-def]
+    """out[i] = pool[slots[i], rows[i]] for a (n_slots, chunk_rows, row_bytes) uint8 pool."""
+    for i in range(slots.shape[0]):
+        out[i, :] = pool[slots[i], rows[i], :]
+    return out

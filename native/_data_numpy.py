@@ -1,0 +1,29 @@
+"""Pure-numpy twins of ``_data_jit`` (used when numba's JIT is disabled); same results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+Arr = np.ndarray[Any, Any]
+
+
+def window_samples(chunks: Arr, chunk_rows: int, num_rows: int) -> Arr:
+    parts = [
+        np.arange(c * chunk_rows, min((c + 1) * chunk_rows, num_rows), dtype=np.int64)
+        for c in np.asarray(chunks, np.int64).tolist()
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def split_by_chunk(samples: Arr, chunk_rows: int, n_chunks: int) -> tuple[Arr, Arr, Arr]:
+    chunk = np.asarray(samples, np.int64) // chunk_rows
+    uniq, which = np.unique(chunk, return_inverse=True)
+    rows = np.asarray(samples, np.int64) - chunk * chunk_rows
+    return uniq.astype(np.int64), which.astype(np.int64).reshape(-1), rows
+
+
+def gather_chunk_rows(pool: Arr, slots: Arr, rows: Arr, out: Arr) -> Arr:
+    out[...] = pool[slots, rows]
+    return out
