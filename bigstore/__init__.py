@@ -1,6 +1,7 @@
 """bigstore: model weights and datasets in one chunked Zarr v3 tensor store.
 
-Public API: ``save``, ``load``, ``load_numpy``, ``open``, ``convert``, ``verify``.
+Weights: ``save``, ``load``, ``load_numpy``, ``open``, ``convert``, ``verify``, ``offload``,
+``skeleton``. Datasets: ``write_dataset``, ``open_dataset``.
 """
 
 from __future__ import annotations
@@ -8,12 +9,22 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .config import ReadConfig, WriteConfig, parse_bytes
+from .data import Dataset, Loader, LoaderConfig, open_dataset, write_dataset
 from .errors import BigstoreError
 from .weights import TensorHandle, TensorStore, TensorWriter, load, load_numpy, open, save
 from .weights.convert import convert
+from .weights.offload import (
+    OffloadConfig,
+    OffloadedModel,
+    offload,
+    skeleton,
+    unique_state_dict,
+)
 from .weights.verify import verify
 
 __all__ = [
-    "BigstoreError", "ReadConfig", "TensorHandle", "TensorStore", "TensorWriter", "WriteConfig",
-    "__version__", "convert", "load", "load_numpy", "open", "parse_bytes", "save", "verify",
+    "BigstoreError", "Dataset", "Loader", "LoaderConfig", "OffloadConfig", "OffloadedModel",
+    "ReadConfig", "TensorHandle", "TensorStore", "TensorWriter", "WriteConfig", "__version__",
+    "convert", "load", "load_numpy", "offload", "open", "open_dataset", "parse_bytes", "save",
+    "skeleton", "unique_state_dict", "verify", "write_dataset",
 ]
