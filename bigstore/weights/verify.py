@@ -49,6 +49,10 @@ def verify(
     store = open_store(url, storage_options)
     root = read_root(store)
     report = VerifyReport(store.url)
+    if root.kind == "dataset":
+        from ..data.verify import verify_dataset
+
+        return verify_dataset(store, report, progress)
     jobs: list[tuple[TensorMeta, int]] = []
     for name, doc in root.arrays.items():
         try:
