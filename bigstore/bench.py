@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "drop_page_cache", "direct_read_seconds", "buffered_read_seconds", "memcpy_seconds",
-    "store_files", "peak_rss_bytes",
+    "buffered_read_seconds", "direct_read_seconds", "drop_page_cache", "memcpy_seconds",
+    "peak_rss_bytes", "read_seconds", "reset_peak_rss", "store_files",
 ]
 
 _ALIGN = 4096
@@ -34,12 +34,14 @@ def store_files(root: str | os.PathLike[str]) -> list[Path]:
 def drop_page_cache(paths: Iterable[str | os.PathLike[str]]) -> None:
     """Evict the files' pages from the page cache (POSIX_FADV_DONTNEED), for cold-cache runs.
 
-    Pages that some process still has memory-mapped stay cached: unmap first.
+    Dirty pages cannot be dropped, so everything is written back first (a file just written is
+    otherwise still partly cached). Pages some process still has mapped stay cached: unmap first.
     """
+    os.sync()
     for p in paths:
         try:
             fd = os.open(p, os.O_RDONLY)
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             continue
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -47,21 +49,20 @@ def drop_page_cache(paths: Iterable[str | os.PathLike[str]]) -> None:
             os.close(fd)
 
 
-def direct_read_seconds(paths: Sequence[str | os.PathLike[str]]) -> tuple[float, int]:
-    """Seconds to read the files once with O_DIRECT in 8 MiB requests (the disk's sequential
-    bound, the page cache bypassed), and the bytes read. Falls back to a cold buffered read
-    where O_DIRECT is refused (tmpfs, some overlay filesystems)."""
+def read_seconds(paths: Sequence[str | os.PathLike[str]], *, direct: bool) -> tuple[float, int]:
+    """Seconds to read the files once, in order, in 8 MiB requests, and the bytes read.
+
+    direct=True: with O_DIRECT, the disk's sequential bound with the page cache bypassed (where
+    a filesystem refuses O_DIRECT, e.g. tmpfs, the file's pages are dropped and it is read
+    through the cache). direct=False: through the page cache (warm, if the files are cached).
+    """
     buf = mmap.mmap(-1, _BLOCK)  # page-aligned, as O_DIRECT requires
     view = memoryview(buf)
     total = 0
     t0 = time.perf_counter()
     try:
         for p in paths:
-            try:
-                fd = os.open(p, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-            except OSError:
-                drop_page_cache([p])
-                fd = os.open(p, os.O_RDONLY)
+            fd = _open_for_read(p, direct)
             try:
                 off = 0
                 while True:
@@ -78,25 +79,23 @@ def direct_read_seconds(paths: Sequence[str | os.PathLike[str]]) -> tuple[float,
     return time.perf_counter() - t0, total
 
 
-def buffered_read_seconds(paths: Sequence[str | os.PathLike[str]]) -> tuple[float, int]:
-    """Seconds to read the files once through the page cache (warm if they are cached)."""
-    buf = bytearray(_BLOCK)
-    view = memoryview(buf)
-    total = 0
-    t0 = time.perf_counter()
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
+def _open_for_read(path: str | os.PathLike[str], direct: bool) -> int:
+    if direct:
         try:
-            off = 0
-            while True:
-                n = os.preadv(fd, [view], off)
-                total += n
-                off += n
-                if n < _BLOCK:
-                    break
-        finally:
-            os.close(fd)
-    return time.perf_counter() - t0, total
+            return os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+        except OSError:
+            drop_page_cache([path])
+    return os.open(path, os.O_RDONLY)
+
+
+def direct_read_seconds(paths: Sequence[str | os.PathLike[str]]) -> tuple[float, int]:
+    """The disk's sequential bound: see :func:`read_seconds` (direct=True)."""
+    return read_seconds(paths, direct=True)
+
+
+def buffered_read_seconds(paths: Sequence[str | os.PathLike[str]]) -> tuple[float, int]:
+    """A read through the page cache: see :func:`read_seconds` (direct=False)."""
+    return read_seconds(paths, direct=False)
 
 
 def memcpy_seconds(nbytes: int, *, repeat: int = 3) -> float:
@@ -114,7 +113,24 @@ def memcpy_seconds(nbytes: int, *, repeat: int = 3) -> float:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size."""
+    """This process's peak resident set size since the last :func:`reset_peak_rss`."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak-RSS count from the current RSS (Linux); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

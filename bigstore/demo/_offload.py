@@ -10,13 +10,15 @@ of it offloading achieves.
 from __future__ import annotations
 
 import gc
-import mmap
-import os
 import pathlib
+import sys
 import time
 from typing import Any
 
 import torch
+
+from ..bench import drop_page_cache as _drop
+from ..bench import peak_rss_bytes, read_seconds, reset_peak_rss, store_files
 
 __all__ = ["run", "gpt_config", "drop_page_cache", "sequential_read_bandwidth", "peak_rss"]
 
@@ -37,83 +39,23 @@ def gpt_config(quick: bool) -> Any:
     )
 
 
-def _files(root: pathlib.Path) -> list[pathlib.Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
-
-
 def drop_page_cache(root: pathlib.Path) -> None:
     """Write back, then evict every page of ``root``'s files from the page cache."""
-    os.sync()  # dirty pages cannot be dropped
-    for p in _files(root):
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+    _drop(store_files(root))
 
 
 def sequential_read_bandwidth(root: pathlib.Path, *, cold: bool = True) -> tuple[float, str]:
-    """Bytes/s reading every file under ``root`` in order with large reads, and the method.
-
-    cold: O_DIRECT where the filesystem allows it (bypasses the cache entirely), else drop
-    the files' pages first. warm (cold=False): read them twice, time the second (page cache).
-    """
-    files = _files(root)
-    block = 16 * MiB
-    buf = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT requires
-    view = memoryview(buf)
-    method = "page cache"
-    if cold:
-        method = "O_DIRECT"
-        try:
-            fd = os.open(files[0], os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-            os.preadv(fd, [view[:4096]], 0)
-            os.close(fd)
-        except OSError:
-            method = "fadvise(DONTNEED) + read"
-        if method != "O_DIRECT":
-            drop_page_cache(root)
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECT", 0) if method == "O_DIRECT" else 0)
-    for attempt in range(1 if cold else 2):
-        total = 0
-        t0 = time.perf_counter()
-        for p in files:
-            fd = os.open(p, flags)
-            try:
-                pos = 0
-                while True:
-                    n = os.preadv(fd, [view], pos)
-                    total += n
-                    pos += n
-                    if n < block:
-                        break
-            finally:
-                os.close(fd)
-        dt = time.perf_counter() - t0
-        del attempt
-    view.release()
-    buf.close()
-    return total / dt, method
+    """Bytes/s reading every file under ``root`` in order with large reads, and the method:
+    cold, O_DIRECT (the disk); warm, twice through the page cache, the second one timed."""
+    files = store_files(root)
+    if not cold:
+        read_seconds(files, direct=False)
+    dt, total = read_seconds(files, direct=cold)
+    return total / dt, "O_DIRECT" if cold else "page cache"
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process since the last :func:`reset_peak_rss`, bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    return peak_rss_bytes()
 
 
 def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -129,7 +71,9 @@ def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) ->
     url = workdir / ("offload-gpt-quick" if quick else "offload-gpt")
     cfg = gpt_config(quick)
     new_tokens = 4 if quick else 8
-    say = print if progress else (lambda *a, **k: None)
+    def say(msg: str) -> None:  # progress notes go to stderr; the summary is returned
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
 
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -150,7 +94,7 @@ def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) ->
     del model
     gc.collect()
 
-    store_bytes = sum(p.stat().st_size for p in _files(url))
+    store_bytes = sum(p.stat().st_size for p in store_files(url))
     disk_bw, method = sequential_read_bandwidth(url, cold=True)
     say(f"offload: disk sequential read {disk_bw / 1e9:.2f} GB/s ({method})")
 
@@ -193,7 +137,8 @@ def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) ->
     }
     figures["lines"] = [
         f"offload: {model_bytes / GiB:.2f} GiB GPT-style model under a {budget / MiB:.2f} MiB "
-        f"budget on CPU: {new_tokens} tokens identical to the resident run",
+        f"budget on CPU: {new_tokens} tokens "
+        + ("identical to the resident run" if same else "DIFFER from the resident run (bug)"),
         f"offload: {figures['tokens_per_s']:.2f} tokens/s (resident: "
         f"{figures['resident_tokens_per_s']:.2f}), read {read / GiB:.2f} GiB at "
         f"{eff / 1e9:.2f} GB/s = {figures['pct_of_disk']:.0f}% of the disk's "
@@ -201,6 +146,5 @@ def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) ->
         f"offload: peak weights resident {peak_resident / MiB:.1f} MiB; process peak RSS "
         f"{rss / MiB:.0f} MiB ({(rss - base_rss) / MiB:+.0f} MiB while offloading)",
     ]
-    for line in figures["lines"]:
-        say(line)
+    figures["ok"] = bool(same)
     return figures
