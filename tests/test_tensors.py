@@ -65,6 +65,32 @@ def test_all_dtypes_roundtrip_bit_exact(store_url: tuple[str, Any]) -> None:
 
 
 @settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    arr=hnp.arrays(
+        dtype=st.sampled_from(["<f4", "<i8", "u1", "<f2", "?", "<c8", "<u2"]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=7),
+    ),
+    chunk_bytes=st.integers(1, 200),
+    codec=st.sampled_from([None, "zstd"]),
+)
+def test_property_roundtrip_every_backend(
+    store_url: tuple[str, Any], arr: np.ndarray, chunk_bytes: int, codec: str | None
+) -> None:
+    # each example overwrites the previous store at the same URL: replacement is exercised too
+    url, opts = store_url
+    other = np.asarray(arr).T  # a non-contiguous view of the same data
+    bigstore.save({"x": arr, "y.z": other}, url, storage_options=opts,
+                  chunk_bytes=chunk_bytes, codec=codec)
+    got = bigstore.load_numpy(url, storage_options=opts)
+    assert sorted(got) == ["x", "y.z"]
+    assert got["x"].shape == arr.shape and got["x"].tobytes() == arr.tobytes()
+    assert got["y.z"].shape == other.shape
+    assert got["y.z"].tobytes() == np.ascontiguousarray(other).tobytes()
+
+
+@settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
