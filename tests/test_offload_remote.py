@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import bigstore
-from bigstore.weights._cache import CachingStore
+from bigstore.store._cache import CachedStore
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
 
 
@@ -46,7 +46,7 @@ def test_offload_from_s3_with_cache(s3_url: tuple[str, dict[str, Any]], tmp_path
         "device": "cpu", "budget": budget, "storage_options": opts, "cache_dir": cache,
     }
     with offload(_skel(), url, **kwargs) as m, torch.no_grad():
-        assert isinstance(m.tensor_store.store, CachingStore)
+        assert isinstance(m.tensor_store.store, CachedStore)
         for _ in range(2):
             assert torch.equal(m(x), want)
         store = m.tensor_store.store
@@ -77,7 +77,7 @@ def test_cache_limit_is_kept(s3_url: tuple[str, dict[str, Any]], tmp_path: Path)
     ) as m, torch.no_grad():
         assert torch.equal(m(x), ref(x))
         store = m.tensor_store.store
-        assert isinstance(store, CachingStore)
+        assert isinstance(store, CachedStore)
         assert 0 < store.cached_bytes() <= limit
 
 
@@ -86,7 +86,8 @@ def test_cache_rewritten_store_gets_fresh_namespace(tmp_path: Path) -> None:
 
     url, so = "memory://cache-ns-test", {"skip_instance_cache": False}  # through fsspec
     bigstore.save({"a": torch.zeros(4)}, url, storage_options=so)
-    c1 = CachingStore(open_store(url, so), tmp_path, 1 << 20)
+    c1 = CachedStore(open_store(url, so), tmp_path, 1 << 20)
+    first = c1.dir  # the namespace binds to the commit seen at first use
     bigstore.save({"a": torch.ones(4)}, url, storage_options=so)  # same shapes, new values
-    c2 = CachingStore(open_store(url, so), tmp_path, 1 << 20)
-    assert c1.dir != c2.dir
+    c2 = CachedStore(open_store(url, so), tmp_path, 1 << 20)
+    assert first == c1.dir != c2.dir

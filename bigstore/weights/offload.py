@@ -35,7 +35,7 @@ from ..config import MiB, ReadConfig, parse_bytes
 from ..errors import BigstoreError, BudgetError, DTypeError, MissingTensorError, ShapeError
 from ..io.staging import DeviceLoader
 from ..store import LocalStore, MemoryStore, Store, open_store
-from ._cache import CachingStore
+from ..store._cache import CachedStore
 from ._pager import Pager, PagerStats
 from ._schedule import plan_layout
 from ._units import Slot, Unit, UnitSpec, discover_units, model_buffers, skeleton, unique_state_dict
@@ -290,7 +290,7 @@ def offload(
     )
     store = open_store(url, storage_options)
     if config.cache_dir is not None and not isinstance(store, LocalStore | MemoryStore):
-        store = CachingStore(store, config.cache_dir, config.cache_limit)
+        store = CachedStore(store, config.cache_dir, config.cache_limit)
     ts = TensorStore.open(store, config=read_config)
     restore: list[tuple[dict[str, Any], str, Any]] = []
     try:

@@ -1,0 +1,207 @@
+"""A bounded local cache in front of a remote store (object storage).
+
+What it keeps: whole chunk objects (``get``) and byte ranges of shard objects (``get_ranges``),
+one local file each, under ``<cache_dir>/bigstore-cache-v1/<namespace>/``. Metadata
+(``zarr.json``) always comes from the remote.
+
+Why it is safe:
+
+- **Never stale.** Chunk objects are immutable once committed, but a store at the same URL can
+  be rewritten. The namespace is a fingerprint of the store's commit marker (the root document's
+  bytes and, where the backend has one, its ETag or modification time), so a rewritten store
+  gets a fresh namespace, never the old bytes. Readers still verify every chunk's crc32c.
+- **Never partial.** A file enters the cache by write-to-temporary then rename.
+- **Never deletes what it did not download.** Eviction (LRU by bytes, by file mtime, refreshed
+  on each hit) only ever removes files of its own naming scheme inside its own subdirectory:
+  never the source data, never anything else in ``cache_dir``.
+- **Shared safely.** Several processes (DataLoader workers, ranks on one host) may use one
+  directory; a file evicted by another process between look-up and read is fetched again.
+  The object pickles without its lock or remote client (spawned workers rebuild them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ._base import Buffer, ByteRange, Store
+
+__all__ = ["CachedStore", "default_cache_dir"]
+
+_SUBDIR = "bigstore-cache-v1"
+_SUFFIX = ".blk"
+_ROOT_KEY = "zarr.json"
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("BIGSTORE_CACHE_DIR") or str(Path.home() / ".cache" / "bigstore")
+
+
+def _fingerprint(remote: Store) -> str:
+    h = hashlib.sha256(remote.url.encode() + b"\0")
+    with contextlib.suppress(FileNotFoundError):  # no store: reads fail with the remote's error
+        h.update(bytes(memoryview(remote.get(_ROOT_KEY)).cast("B")))
+    fs = getattr(remote, "fs", None)
+    if fs is not None:
+        try:
+            info = fs.info(remote._path(_ROOT_KEY))  # type: ignore[attr-defined]
+        except (OSError, ValueError):
+            info = {}
+        for k in ("ETag", "ETAG", "etag", "LastModified", "mtime", "created", "generation"):
+            if k in info:
+                h.update(f"{k}={info[k]}".encode())
+    return h.hexdigest()[:20]
+
+
+class CachedStore(Store):
+    """Reads through to ``remote``, keeping what it fetched under ``cache_dir`` (read-only)."""
+
+    def __init__(self, remote: Store, cache_dir: str | os.PathLike[str], max_bytes: int) -> None:
+        super().__init__(remote.url)
+        self.remote = remote
+        self.base = Path(cache_dir).expanduser().absolute() / _SUBDIR
+        self.max_bytes = int(max_bytes)
+        self._namespace: str | None = None
+        self._lock = threading.Lock()
+        self._added = 0  # bytes admitted since the last eviction scan
+        self.hits = 0
+        self.misses = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def dir(self) -> Path:
+        """This store commit's namespace directory (fingerprinted on first use)."""
+        if self._namespace is None:
+            self._namespace = _fingerprint(self.remote)
+        return self.base / self._namespace
+
+    def _file(self, key: str, r: ByteRange | None) -> Path:
+        span = "whole" if r is None else f"{r.start}-{r.end}"
+        h = hashlib.sha256(f"{key}\0{span}".encode()).hexdigest()
+        return self.dir / h[:2] / f"{h[2:40]}{_SUFFIX}"
+
+    def _lookup(self, path: Path, length: int | None) -> Buffer | None:
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if length is not None and len(data) != length:
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # most recently used: evicted last
+        with self._lock:
+            self.hits += 1
+        return data
+
+    # -- reads --------------------------------------------------------------------------------
+    def get(self, key: str) -> Buffer:
+        if key.rsplit("/", 1)[-1] == _ROOT_KEY:
+            return self.remote.get(key)
+        path = self._file(key, None)
+        data = self._lookup(path, None)
+        if data is None:
+            data = self.remote.get(key)
+            with self._lock:
+                self.misses += 1
+            self._admit(path, data)
+        return data
+
+    def get_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[Buffer]:
+        out: list[Buffer | None] = [self._lookup(self._file(key, r), r.length) for r in ranges]
+        missing = [i for i, b in enumerate(out) if b is None]
+        if missing:
+            with self._lock:
+                self.misses += len(missing)
+            got = self.remote.get_ranges(key, [ranges[i] for i in missing])
+            for i, blob in zip(missing, got):
+                out[i] = blob
+                self._admit(self._file(key, ranges[i]), blob)
+        return [b for b in out if b is not None]
+
+    def get_many(self, keys: Sequence[str]) -> list[Buffer]:
+        return [self.get(k) for k in keys]
+
+    # -- cache upkeep -------------------------------------------------------------------------
+    def _admit(self, path: Path, data: Buffer) -> None:
+        n = memoryview(data).nbytes
+        if n > self.max_bytes:
+            return  # larger than the whole cache: not kept
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError:
+            return  # a full disk degrades to an uncached read, never to a failure
+        with self._lock:
+            self._added += n
+            scan = self._added > self.max_bytes // 16
+            if scan:
+                self._added = 0
+        if scan or n > self.max_bytes // 16:
+            self.evict()
+
+    def _own_files(self) -> Iterator[tuple[float, int, Path]]:
+        if not self.base.is_dir():
+            return
+        for ns in self.base.iterdir():
+            if not ns.is_dir():
+                continue
+            for sub in ns.iterdir():
+                if not sub.is_dir() or len(sub.name) != 2:
+                    continue
+                for f in sub.iterdir():
+                    if f.suffix == _SUFFIX and len(f.stem) == 38:  # only our naming scheme
+                        with contextlib.suppress(FileNotFoundError):
+                            st = f.stat()
+                            yield st.st_mtime, st.st_size, f
+
+    def cached_bytes(self) -> int:
+        return sum(size for _, size, _ in self._own_files())
+
+    def evict(self) -> None:
+        """Delete least recently used cache files until the cache is within its budget."""
+        files = sorted(self._own_files())
+        total = sum(size for _, size, _ in files)
+        for _, size, f in files:
+            if total <= self.max_bytes:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+            total -= size
+
+    # -- everything else goes to the remote; writes are refused -------------------------------
+    def exists(self, key: str) -> bool:
+        return self.remote.exists(key)
+
+    def size(self, key: str) -> int:
+        return self.remote.size(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.remote.list(prefix)
+
+    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+        raise PermissionError(f"{self.url}: a cached view of a store is read-only")
+
+    def delete(self, key: str) -> None:
+        raise PermissionError(f"{self.url}: a cached view of a store is read-only")
+
+    def delete_prefix(self, prefix: str) -> None:
+        raise PermissionError(f"{self.url}: a cached view of a store is read-only")
+
+    def close(self) -> None:
+        self.remote.close()
