@@ -61,3 +61,37 @@ def gather_chunk_rows(pool, slots, rows, out):  # type: ignore[no-untyped-def]
     for i in range(slots.shape[0]):
         out[i, :] = pool[slots[i], rows[i], :]
     return out
+
+
+@nb.njit(cache=True, nogil=True)
+def new_chunks(samples, chunk_rows, done, mark):  # type: ignore[no-untyped-def]
+    """Distinct chunks of ``samples`` (in first-seen order) whose ``done`` flag is 0.
+
+    ``mark`` is caller-owned scratch of ``done``'s length, all zero; it is zero again on return.
+    """
+    out = np.empty(samples.shape[0], np.int64)
+    k = 0
+    for i in range(samples.shape[0]):
+        c = samples[i] // chunk_rows
+        if done[c] == 0 and mark[c] == 0:
+            mark[c] = 1
+            out[k] = c
+            k += 1
+    for i in range(k):
+        mark[out[i]] = 0
+    return out[:k]
+
+
+@nb.njit(cache=True, nogil=True)
+def gather_mapped(region, chunk_base, samples, chunk_rows, row_bytes, out):  # type: ignore[no-untyped-def]
+    """out[i] = the row of sample ``samples[i]`` in a flat uint8 ``region`` where chunk c's
+    rows start at byte ``chunk_base[c]`` (rows of ``row_bytes`` back to back)."""
+    for i in range(samples.shape[0]):
+        s = samples[i]
+        c = s // chunk_rows
+        off = chunk_base[c] + (s - c * chunk_rows) * row_bytes
+        dst = out[i]
+        src = region[off : off + row_bytes]
+        for j in range(row_bytes):  # contiguous 1-D views: LLVM vectorises this (6x a slice copy)
+            dst[j] = src[j]
+    return out

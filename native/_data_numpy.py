@@ -27,3 +27,20 @@ def split_by_chunk(samples: Arr, chunk_rows: int, n_chunks: int) -> tuple[Arr, A
 def gather_chunk_rows(pool: Arr, slots: Arr, rows: Arr, out: Arr) -> Arr:
     out[...] = pool[slots, rows]
     return out
+
+
+def new_chunks(samples: Arr, chunk_rows: int, done: Arr, mark: Arr) -> Arr:
+    chunk = np.asarray(samples, np.int64) // chunk_rows
+    uniq, first = np.unique(chunk, return_index=True)
+    uniq = uniq[np.argsort(first, kind="stable")]
+    return uniq[done[uniq] == 0].astype(np.int64)
+
+
+def gather_mapped(
+    region: Arr, chunk_base: Arr, samples: Arr, chunk_rows: int, row_bytes: int, out: Arr
+) -> Arr:
+    s = np.asarray(samples, np.int64)
+    c = s // chunk_rows
+    off = chunk_base[c] + (s - c * chunk_rows) * row_bytes
+    out[...] = region[off[:, None] + np.arange(row_bytes, dtype=np.int64)[None, :]]
+    return out

@@ -98,3 +98,13 @@ def test_local_store_does_not_follow_escapes(tmp_path: Any) -> None:
     s = LocalStore(tmp_path / "root")
     with pytest.raises(InvalidKeyError):
         s.get("../secret")
+
+
+def test_many_buffers_in_one_call(store: Store) -> None:
+    # more buffers than one preadv/writev takes (IOV_MAX = 1024), empty ones among them
+    parts = [bytes([i % 251]) * (i % 3) for i in range(3000)]
+    store.put("many", parts)
+    assert bytes(store.get("many")) == b"".join(parts)
+    outs = [memoryview(bytearray(len(p))) for p in parts]
+    store.read_into("many", 0, outs)
+    assert [bytes(o) for o in outs] == parts

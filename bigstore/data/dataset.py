@@ -89,6 +89,11 @@ class Dataset:
             raise ShapeError(f"{ds.url} changed (now {len(ds)} samples, was {state['num_rows']})")
         self.__dict__.update(ds.__dict__)
 
+    def close(self) -> None:
+        """Release this process's memory mappings of the dataset's shards (loaders that are
+        running keep theirs until they finish); the next loader maps again."""
+        self.__dict__.pop("_mapped_state", None)
+
     # -- description --------------------------------------------------------------------------
     def __len__(self) -> int:
         return self.layout.num_rows
@@ -191,7 +196,7 @@ def open_dataset(
     from ..store import FsspecStore
 
     if isinstance(store, FsspecStore) and not is_local_url(s):
-        from ._cache import CachedStore, default_cache_dir
+        from ..store._cache import CachedStore, default_cache_dir
 
         store = CachedStore(store, cdir or default_cache_dir(), cache_bytes)
     return Dataset(

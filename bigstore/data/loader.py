@@ -19,6 +19,7 @@ import numpy as np
 from ..config import MiB, default_io_threads, parse_bytes
 from ..errors import BigstoreError, ShapeError
 from ._chunks import ChunkLoader, ChunkPools
+from ._mapped import MappedPrefetcher, mapped_arrays
 from ._prefetch import PrefetchConfig, Prefetcher
 from .order import (
     Level,
@@ -196,6 +197,36 @@ def prefetch_config(ds: Any, cfg: LoaderConfig, columns: list[Any]) -> PrefetchC
     return PrefetchConfig(n_slots, cfg.prefetch, cfg.read_ahead, cfg.threads)
 
 
+def make_prefetcher(
+    ds: Any,
+    cfg: LoaderConfig,
+    columns: list[Any],
+    order: Order,
+    runs: np.ndarray[Any, Any],
+    batch: int,
+    first: int,
+    count: int,
+    alloc: Callable[[tuple[int, ...], np.dtype[Any]], Any] | None = None,
+) -> Any:
+    """The batch producer for one consumer: rows gathered straight from mapped shards when the
+    dataset allows it (local, uncompressed, fixed-shape columns), else chunk reads + gathers."""
+    maps = mapped_arrays(ds, columns)
+    if maps is not None:
+        return MappedPrefetcher(
+            ds.layout, columns, maps, order, runs, batch, first, count, cfg.prefetch,
+            cfg.read_ahead, alloc, verify=ds.reader.verify,
+        )
+    samples = batch_samples(order, runs, batch, first, count)
+    return Prefetcher(
+        ds.layout,
+        ChunkLoader(ds.layout, ds.reader),
+        columns,
+        samples,
+        prefetch_config(ds, cfg, columns),
+        alloc,
+    )
+
+
 def pinned_alloc(cfg: LoaderConfig) -> Callable[[tuple[int, ...], np.dtype[Any]], Any] | None:
     if not cfg.pin_memory:
         return None
@@ -255,7 +286,7 @@ class Loader:
         )
         split = Split(self.config.world_size, 1, batch_size, self.config.drop_last)
         self._state = EpochState(spec, split)
-        self._active: Prefetcher | None = None
+        self._active: Any = None
 
     # -- epochs and state ---------------------------------------------------------------------
     @property
@@ -289,19 +320,14 @@ class Loader:
         runs, first, count = self._plan()
         st = self._state
         order = Order(st.spec)
-        samples = batch_samples(order, runs, st.split.batch, first, count)
-        pf = Prefetcher(
-            self.ds.layout,
-            ChunkLoader(self.ds.layout, self.ds.reader),
-            self.columns,
-            samples,
-            prefetch_config(self.ds, self.config, self.columns),
+        pf = make_prefetcher(
+            self.ds, self.config, self.columns, order, runs, st.split.batch, first, count,
             pinned_alloc(self.config),
         )
         self._active = pf
         return self._deliver(pf, count - first)
 
-    def _deliver(self, pf: Prefetcher, n: int) -> Iterator[Any]:
+    def _deliver(self, pf: Any, n: int) -> Iterator[Any]:
         try:
             for _ in range(n):
                 batch = next(pf)

@@ -20,16 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ._chunks import ChunkLoader
-from ._prefetch import Prefetcher
-from .loader import (
-    EpochState,
-    batch_samples,
-    make_config,
-    prefetch_config,
-    to_device,
-    worker_batches,
-)
+from .loader import EpochState, make_config, make_prefetcher, to_device, worker_batches
 from .order import Order, OrderSpec, Split
 
 __all__ = ["TorchDataset"]
@@ -97,11 +88,8 @@ class TorchDataset(IterableDataset[dict[str, Any]]):
             st.spec, st.history, st.split, st.batches, self.config.rank, logical
         )
         cols = self.ds.select(self.config.columns)
-        samples = batch_samples(Order(st.spec), runs, st.split.batch, first, count)
-        # one reader thread per worker process: the DataLoader's workers are the parallelism
-        cfg = prefetch_config(self.ds, self.config, cols)
-        pf = Prefetcher(
-            self.ds.layout, ChunkLoader(self.ds.layout, self.ds.reader), cols, samples, cfg
+        pf = make_prefetcher(
+            self.ds, self.config, cols, Order(st.spec), runs, st.split.batch, first, count
         )
         try:
             for batch in pf:

@@ -62,11 +62,15 @@ def _fingerprint(remote: Store) -> str:
 class CachedStore(Store):
     """Reads through to ``remote``, keeping what it fetched under ``cache_dir`` (read-only)."""
 
-    def __init__(self, remote: Store, cache_dir: str | os.PathLike[str], max_bytes: int) -> None:
+    def __init__(
+        self, remote: Store, cache_dir: str | os.PathLike[str], max_bytes: int | str
+    ) -> None:
+        from ..config import parse_bytes
+
         super().__init__(remote.url)
         self.remote = remote
         self.base = Path(cache_dir).expanduser().absolute() / _SUBDIR
-        self.max_bytes = int(max_bytes)
+        self.max_bytes = parse_bytes(max_bytes)
         self._namespace: str | None = None
         self._lock = threading.Lock()
         self._added = 0  # bytes admitted since the last eviction scan

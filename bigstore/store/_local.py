@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -106,20 +106,11 @@ class LocalStore(Store):
         fd = self._fd(key)
         views = [memoryview(o).cast("B") for o in outs]
         want = sum(v.nbytes for v in views)
-        pos = offset
-        while views:
-            n = os.preadv(fd, views, pos)
-            if n == 0:
-                raise TruncatedChunkError(
-                    f"{self.url}/{key}: file ends at byte {pos}, expected {offset + want}"
-                )
-            pos += n
-            # advance past the filled buffers (a short read is rare but legal)
-            while views and n >= views[0].nbytes:
-                n -= views[0].nbytes
-                views.pop(0)
-            if views and n:
-                views[0] = views[0][n:]
+        end = _vectored(lambda vs, pos: os.preadv(fd, vs, pos), views, offset)
+        if end < offset + want:
+            raise TruncatedChunkError(
+                f"{self.url}/{key}: file ends at byte {end}, expected {offset + want}"
+            )
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -152,13 +143,7 @@ class LocalStore(Store):
         fd = os.open(tmp, flags, 0o644)
         try:
             views = [memoryview(p).cast("B") for p in parts]
-            while views:
-                n = os.writev(fd, views)
-                while views and n >= views[0].nbytes:
-                    n -= views[0].nbytes
-                    views.pop(0)
-                if views and n:
-                    views[0] = views[0][n:]
+            _vectored(lambda vs, _pos: os.writev(fd, vs), views, 0)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -191,3 +176,28 @@ class LocalStore(Store):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+_IOV_MAX = 1024  # Linux's limit on buffers per preadv/writev call; more is EINVAL
+
+
+def _vectored(call: Callable[[list[memoryview], int], int], views: list[memoryview],
+              pos: int) -> int:
+    """Run a vectored read/write over ``views`` until all are done (or EOF: 0 bytes moved),
+    at most IOV_MAX buffers per call, resuming after short transfers. Returns the end position.
+    """
+    i = 0
+    while i < len(views):
+        if not views[i].nbytes:
+            i += 1
+            continue
+        n = call(views[i : i + _IOV_MAX], pos)
+        if n == 0:
+            break
+        pos += n
+        while i < len(views) and n >= views[i].nbytes:  # skip the buffers filled completely
+            n -= views[i].nbytes
+            i += 1
+        if n:
+            views[i] = views[i][n:]
+    return pos
