@@ -1,7 +1,11 @@
 """Fill device buffers from a tensor store: straight into RAM on CPU, via a staging ring on CUDA.
 
-CPU: chunks are read (``preadv``) directly into the destination buffer, which *is* the budgeted
-memory: no staging copy at all.
+CPU: uncompressed chunks on local disk are memory-mapped straight into the parameters (zero
+copies; ``madvise(WILLNEED)`` first, so the disk has every chunk of the unit in flight), and
+checked against their crc32c: on every load when the pages are dropped after use (each load
+really reads the disk), else the first time this process maps them (the bytes then come from
+the page cache that was checked). Other stores are read (``preadv``/ranged gets) into a fresh
+buffer per tensor. Either way the bytes land in the budgeted memory: no staging copy.
 
 CUDA: a ring of pinned host slots. A worker thread takes a free slot (first waiting on the
 slot's event, so no slot is overwritten while a host->device copy still reads it), fills it
@@ -22,7 +26,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+
+from .chunks import can_map, map_tensor, verify_mapped_chunk
+from .mapping import MADV_WILLNEED
 
 __all__ = ["DeviceLoader", "FillRequest", "Piece", "plan_pieces"]
 
@@ -126,6 +134,7 @@ class DeviceLoader:
         self._ring: list[torch.Tensor] = []
         self._slot_events: list[Any] = []
         self._free: queue.Queue[int] = queue.Queue()
+        self._verified: set[tuple[str, int]] = set()  # (tensor, chunk) checked by this process
         self.copy_stream: Any = None
         if self.cuda:
             self.copy_stream = torch.cuda.Stream(device=device)
@@ -141,9 +150,13 @@ class DeviceLoader:
 
     # -- main thread --------------------------------------------------------------------------
     def allocate(self, nbytes: int) -> tuple[torch.Tensor, Any]:
-        """A fresh destination buffer, and (CUDA) an event marking its allocation point."""
+        """A fresh destination buffer, and (CUDA) an event marking its allocation point.
+
+        On CPU the fill makes one tensor per request itself (mapped or read), so the unit's
+        buffer is empty: the pager only needs it for its accounting.
+        """
         if not self.cuda:
-            return _anonymous(nbytes), None
+            return torch.empty(0, dtype=torch.uint8), None
         buf = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
         ev = torch.cuda.Event()
         ev.record(torch.cuda.current_stream(self.device))
@@ -152,7 +165,8 @@ class DeviceLoader:
     def submit(
         self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any
     ) -> Future[Any]:
-        """Start filling ``dst``; the future's result is the CUDA ready event (None on CPU)."""
+        """Start filling ``dst``; the future's result is the CUDA ready event, or on CPU one
+        uint8 tensor per request holding its bytes."""
         if self._pool is None:  # prefetch=0: synchronous, on the caller's thread
             fut: Future[Any] = Future()
             try:
@@ -166,15 +180,39 @@ class DeviceLoader:
     def fill(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any) -> Any:
         if self.cuda:
             done = self._fill_cuda(requests, dst, after)
-        else:
-            flat = dst.numpy()
-            self.ts.read_into(
-                (r.name, 0, r.rows, flat[r.dst_offset : r.dst_offset + r.nbytes])
-                for r in requests if r.nbytes
-            )
-            done = None
-        self._after_read(requests)
-        return done
+            self._after_read(requests)
+            return done
+        return self._fill_cpu(requests)
+
+    def _fill_cpu(self, requests: Sequence[FillRequest]) -> list[torch.Tensor]:
+        store = self.ts.store
+        metas = [self.ts.meta(r.name) for r in requests]
+        regions: dict[int, Any] = {}
+        for i, m in enumerate(metas):
+            if can_map(store, m):
+                regions[i] = map_tensor(store, m)
+                regions[i].advise(MADV_WILLNEED)  # all of the unit's reads in flight at once
+        out: list[torch.Tensor] = []
+        copied: list[FillRequest] = []
+        for i, (r, m) in enumerate(zip(requests, metas)):
+            region = regions.get(i)
+            if region is None:
+                buf = _anonymous(r.nbytes)
+                if r.nbytes:
+                    self.ts.read_into([(r.name, 0, r.rows, buf.numpy())])
+                copied.append(r)
+                out.append(buf)
+                continue
+            for c in range(m.n_chunks):
+                if self.drop_cache or (m.name, c) not in self._verified:
+                    verify_mapped_chunk(store, m, c, region)
+                    self._verified.add((m.name, c))
+            out.append(torch.from_numpy(np.asarray(region)[: r.nbytes]))
+        with self._lock:
+            self.bytes_read += sum(r.nbytes for r in requests)
+        if copied and self.drop_cache:
+            self._drop_pages(copied)  # mapped pages are dropped on release, once unmapped
+        return out
 
     def _fill_cuda(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any) -> Any:
         stream = self.copy_stream
@@ -204,13 +242,22 @@ class DeviceLoader:
         with self._lock:
             self.bytes_read += n
         if self.drop_cache:
-            # the bytes now live in the budgeted buffer: do not keep a second copy in the
-            # page cache (it would count against the machine's memory, not the budget)
-            store = self.ts.store
-            for r in requests:
-                meta = self.ts.meta(r.name)
-                for c in range(meta.n_chunks):
-                    store.drop_cache(meta.chunk_key(c))
+            self._drop_pages(requests)
+
+    def _drop_pages(self, requests: Sequence[FillRequest]) -> None:
+        # the bytes now live in the budgeted buffer (or are done with): do not keep a second
+        # copy in the page cache (it would count against the machine's memory, not the budget)
+        store = self.ts.store
+        for r in requests:
+            meta = self.ts.meta(r.name)
+            for c in range(meta.n_chunks):
+                store.drop_cache(meta.chunk_key(c))
+
+    def release(self, requests: Sequence[FillRequest]) -> None:
+        """A unit was evicted (its tensors dropped, mapped ones unmapped): on CPU, drop its
+        pages from the page cache too when asked to."""
+        if self.drop_cache and not self.cuda:
+            self._drop_pages(requests)
 
     def close(self) -> None:
         if self._pool is not None:

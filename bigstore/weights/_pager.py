@@ -180,11 +180,15 @@ class Pager:
         except BaseException:
             self._drop(st)
             raise
-        if ready is not None:  # CUDA: kernels queued from now on wait for the copies
-            torch.cuda.current_stream(self.loader.device).wait_event(ready)
-        buf = st.buf
-        for p, slot, off in zip(st.params, st.unit.slots, st.offsets):
-            p.data = buf[off : off + slot.nbytes].view(slot.dtype).view(slot.shape)
+        if isinstance(ready, list):  # CPU: one tensor per slot (mapped or read)
+            for p, slot, t in zip(st.params, st.unit.slots, ready):
+                p.data = t.view(slot.dtype).view(slot.shape)
+        else:
+            if ready is not None:  # CUDA: kernels queued from now on wait for the copies
+                torch.cuda.current_stream(self.loader.device).wait_event(ready)
+            buf = st.buf
+            for p, slot, off in zip(st.params, st.unit.slots, st.offsets):
+                p.data = buf[off : off + slot.nbytes].view(slot.dtype).view(slot.shape)
         st.future = None
         st.loaded = True
         self.stats.loads += 1
@@ -240,6 +244,7 @@ class Pager:
         for p, ph in zip(st.params, st.placeholders):
             p.data = ph
         self._drop(st)
+        self.loader.release(st.requests)
         self.stats.evictions += 1
 
     def _drop(self, st: _UnitState) -> None:
