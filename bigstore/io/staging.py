@@ -103,6 +103,15 @@ def _anonymous(nbytes: int) -> torch.Tensor:
     return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)
 
 
+def _run_now(fn: Any, *args: Any) -> Future[Any]:
+    fut: Future[Any] = Future()
+    try:
+        fut.set_result(fn(*args))
+    except BaseException as e:
+        fut.set_exception(e)
+    return fut
+
+
 class DeviceLoader:
     """Runs fills on its own worker threads; reads go through ``ts.read_into`` (shared pool).
 
@@ -167,13 +176,17 @@ class DeviceLoader:
     ) -> Future[Any]:
         """Start filling ``dst``; the future's result is the CUDA ready event, or on CPU one
         uint8 tensor per request holding its bytes."""
+        if not self.cuda:
+            # Mapping is cheap (~1.5 ms a unit) and done here, on the caller's thread: worker
+            # threads would wait for the GIL behind the model's Python code (5 ms switch
+            # interval) many times per unit. Only slow work (reads to copy, checksums, which
+            # release the GIL) goes to a worker; a warm, already checked unit needs none.
+            mapped = self._map_cpu(requests)
+            if self._pool is not None and self._cpu_work_left(requests, mapped):
+                return self._pool.submit(self._finish_cpu, requests, mapped)
+            return _run_now(self._finish_cpu, requests, mapped)
         if self._pool is None:  # prefetch=0: synchronous, on the caller's thread
-            fut: Future[Any] = Future()
-            try:
-                fut.set_result(self.fill(requests, dst, after))
-            except BaseException as e:
-                fut.set_exception(e)
-            return fut
+            return _run_now(self.fill, requests, dst, after)
         return self._pool.submit(self.fill, requests, dst, after)
 
     # -- worker threads -----------------------------------------------------------------------
@@ -182,16 +195,32 @@ class DeviceLoader:
             done = self._fill_cuda(requests, dst, after)
             self._after_read(requests)
             return done
-        return self._fill_cpu(requests)
+        return self._finish_cpu(requests, self._map_cpu(requests))
 
-    def _fill_cpu(self, requests: Sequence[FillRequest]) -> list[torch.Tensor]:
+    def _map_cpu(self, requests: Sequence[FillRequest]) -> dict[int, Any]:
+        """Map every mappable tensor of the unit, and start reading all of them at once."""
         store = self.ts.store
-        metas = [self.ts.meta(r.name) for r in requests]
         regions: dict[int, Any] = {}
-        for i, m in enumerate(metas):
+        for i, r in enumerate(requests):
+            m = self.ts.meta(r.name)
             if can_map(store, m):
                 regions[i] = map_tensor(store, m)
-                regions[i].advise(MADV_WILLNEED)  # all of the unit's reads in flight at once
+                regions[i].advise(MADV_WILLNEED)  # the disk gets the whole unit in flight
+        return regions
+
+    def _cpu_work_left(self, requests: Sequence[FillRequest], mapped: dict[int, Any]) -> bool:
+        if len(mapped) < len(requests):
+            return True  # something to read and copy
+        return self.drop_cache or any(
+            (r.name, c) not in self._verified
+            for r in requests for c in range(self.ts.meta(r.name).n_chunks)
+        )
+
+    def _finish_cpu(
+        self, requests: Sequence[FillRequest], regions: dict[int, Any]
+    ) -> list[torch.Tensor]:
+        store = self.ts.store
+        metas = [self.ts.meta(r.name) for r in requests]
         out: list[torch.Tensor] = []
         copied: list[FillRequest] = []
         for i, (r, m) in enumerate(zip(requests, metas)):
@@ -253,11 +282,20 @@ class DeviceLoader:
             for c in range(meta.n_chunks):
                 store.drop_cache(meta.chunk_key(c))
 
-    def release(self, requests: Sequence[FillRequest]) -> None:
-        """A unit was evicted (its tensors dropped, mapped ones unmapped): on CPU, drop its
-        pages from the page cache too when asked to."""
-        if self.drop_cache and not self.cuda:
-            self._drop_pages(requests)
+    def release(self, requests: Sequence[FillRequest], tensors: list[torch.Tensor]) -> None:
+        """A unit was evicted: its last references (``tensors``) die on a worker thread, so
+        unmapping (page-table teardown, TLB shootdowns) stays off the compute thread; then, on
+        CPU, its pages leave the page cache too when asked to."""
+
+        def drop(ts: list[torch.Tensor]) -> None:
+            ts.clear()  # the regions unmap here
+            if self.drop_cache and not self.cuda:
+                self._drop_pages(requests)
+
+        if self._pool is None:
+            drop(tensors)
+        else:
+            self._pool.submit(drop, tensors)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -241,10 +241,11 @@ class Pager:
 
     def _evict(self, st: _UnitState) -> None:
         assert st.pins == 0 and st.loaded
+        old = [p.data for p in st.params]
         for p, ph in zip(st.params, st.placeholders):
             p.data = ph
         self._drop(st)
-        self.loader.release(st.requests)
+        self.loader.release(st.requests, old)
         self.stats.evictions += 1
 
     def _drop(self, st: _UnitState) -> None:
