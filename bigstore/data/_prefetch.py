@@ -14,9 +14,6 @@ end, the error, or nothing more after ``close()``.
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -29,12 +26,12 @@ import numpy as np
 from ..errors import BudgetError
 from ..io import get_executor
 from ._chunks import ChunkLoader, ChunkPools, gather_fixed, gather_var
+from ._producer import ProducerThread
 from ._schema import ColumnSpec, DatasetLayout
 
 __all__ = ["Prefetcher", "PrefetchConfig"]
 
 Arr = np.ndarray[Any, Any]
-_END = object()
 _TASK_CHUNKS = 16  # chunks per read task (neighbours inside one become one request)
 
 
@@ -60,12 +57,7 @@ class _Group:
     chunks: set[int] = field(default_factory=set)
 
 
-class _Failed:
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-class Prefetcher:
+class Prefetcher(ProducerThread):
     """Iterate batches (dicts of arrays) for the sample-id arrays ``batches`` yields."""
 
     def __init__(
@@ -88,9 +80,7 @@ class Prefetcher:
         self.lru: OrderedDict[int, None] = OrderedDict()  # resident chunks, oldest first
         self.free = list(range(cfg.n_slots - 1, -1, -1))
         self.slot_futs: dict[int, list[Future[None]]] = {}
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, cfg.prefetch))
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
+        super().__init__(cfg.prefetch, "bigstore-prefetch")
         row_bytes = sum(layout.main_array(c).row_bytes for c in columns)
         self.batch_bytes = max(1, row_bytes)
 
@@ -99,27 +89,11 @@ class Prefetcher:
         return self
 
     def __next__(self) -> dict[str, Any]:
-        if self.thread is None:  # started on first use, never in a constructor
-            self.thread = threading.Thread(target=self._run, name="bigstore-prefetch", daemon=True)
-            self.thread.start()
-        item = self.queue.get()
-        if item is _END:
-            self.queue.put(_END)  # stay exhausted
-            raise StopIteration
-        if isinstance(item, _Failed):
-            self.queue.put(item)
-            raise item.error
-        batch: dict[str, Any] = item
+        batch: dict[str, Any] = self._next_item()
         return batch
 
     def close(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            while self.thread.is_alive():
-                # unblock a producer waiting for room in the queue
-                with contextlib.suppress(queue.Empty):
-                    self.queue.get(timeout=0.05)
-            self.thread = None
+        self._stop_thread()
         for futs in self.slot_futs.values():  # never free slots a read is still filling
             for f in futs:
                 f.cancel()
@@ -131,30 +105,16 @@ class Prefetcher:
             self.stop.set()
 
     # -- producer side ------------------------------------------------------------------------
-    def _put(self, item: Any) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            prev: _Group | None = None
-            for group in self._groups():
-                if self.stop.is_set():
-                    return
-                self._schedule(group, prev)
-                if prev is not None and not self._emit(prev):
-                    return
-                prev = group
+    def _produce(self) -> bool:
+        prev: _Group | None = None
+        for group in self._groups():
+            if self.stop.is_set():
+                return False
+            self._schedule(group, prev)
             if prev is not None and not self._emit(prev):
-                return
-            self._put(_END)
-        except BaseException as e:  # handed to the consumer, raised there
-            self._put(_Failed(e))
+                return False
+            prev = group
+        return prev is None or self._emit(prev)
 
     def _groups(self) -> Iterator[_Group]:
         half = max(1, self.cfg.n_slots // 2)

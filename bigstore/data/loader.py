@@ -58,7 +58,7 @@ class LoaderConfig:
     prefetch: int = 4
     window: int = 64
     memory: int | None = None
-    read_ahead: int = 32 * MiB
+    read_ahead: int = 128 * MiB
     device: str | None = None
     pin_memory: bool = False
     transform: Callable[[dict[str, Any]], Any] | None = None
