@@ -201,3 +201,18 @@ def test_multi_rank_gloo_with_elastic_resume(tmp_path: Path) -> None:
     _run_ranks(3, url, rest, str(part / "state.json"), -1)  # ...resumed on 3
     both = np.concatenate([np.load(part / "seen.npy"), np.load(rest / "seen.npy")])
     assert len(both) == 500 and sorted(both.tolist()) == list(range(500))
+
+
+def test_variable_length_column_through_the_loader(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    tokens = [rng.integers(0, 50_000, rng.integers(0, 40)).astype(np.int32) for _ in range(700)]
+    url = tmp_path / "vl"
+    write_dataset(url, {"tokens": tokens, "id": np.arange(700)}, chunk_rows=32)
+    ds = open_dataset(url)
+    seen: list[int] = []
+    for rank in range(2):
+        for b in ds.loader(16, shuffle=True, seed=5, rank=rank, world_size=2):
+            for i, t in zip(b["id"].tolist(), b["tokens"]):
+                assert np.array_equal(np.asarray(t), tokens[i])
+                seen.append(i)
+    assert sorted(seen) == list(range(700))
