@@ -84,7 +84,7 @@ def run(
         f"[weights] {nbytes / 2**30:.2f} GiB bf16 checkpoint, {len(files) - 1} files in the store",
         f"  convert safetensors -> bigstore  {convert_s:6.2f} s  {gbps['convert']:5.2f} GB/s",
         f"  disk sequential read (O_DIRECT)  {disk_s:6.2f} s  {gbps['disk_sequential']:5.2f} GB/s",
-        f"  disk, {readers} readers (O_DIRECT)    {best_s:6.2f} s  "
+        f"  disk, best of 1-8 readers ({readers})  {best_s:6.2f} s  "
         f"{gbps['disk_best']:5.2f} GB/s",
         f"  load, cold cache (crc-verified)  {cold_s:6.2f} s  {gbps['load_cold']:5.2f} GB/s"
         f"  = {pct:.0f}% of the sequential read, "
