@@ -21,6 +21,7 @@ from ..errors import NotAStoreError
 from ..format import check_tensor_name
 from ..format.codecs import ChunkCodec
 from ..format.dtypes import DTypeSpec, dtype_spec
+from ..format.metadata import parse_array_doc
 
 __all__ = ["ArraySpec", "ColumnSpec", "DatasetLayout", "Kind"]
 
@@ -162,19 +163,13 @@ class ArraySpec:
     @classmethod
     def from_json(cls, path: str, doc: dict[str, Any], where: str) -> ArraySpec:
         from zarr.codecs import ShardingCodec
-        from zarr.core.metadata.v3 import ArrayV3Metadata
 
-        try:
-            md = ArrayV3Metadata.from_dict(dict(doc))
-        except Exception as e:  # zarr raises several types for malformed metadata
-            raise NotAStoreError(f"{where}: invalid Zarr v3 array metadata ({e})") from e
+        md, spec = parse_array_doc(doc, where)
         if len(md.codecs) != 1 or not isinstance(md.codecs[0], ShardingCodec):
             raise NotAStoreError(f"{where}: dataset arrays must be sharded")
         sh = md.codecs[0]
-        attrs = md.attributes.get("bigstore", {}) if isinstance(md.attributes, dict) else {}
-        spec = dtype_spec(attrs.get("dtype") or md.data_type.to_native_dtype().name)
         inner_rows = int(sh.chunk_shape[0])
-        shard_rows = int(md.chunk_grid.chunk_shape[0])  # type: ignore[attr-defined]  # `md.chunks` is the inner shape
+        shard_rows = int(md.chunk_grid.chunk_shape[0])  # `md.chunks` is the inner shape
         codec = ChunkCodec.from_zarr(sh.codecs, where)
         shape = tuple(int(d) for d in md.shape)
         return cls(path, shape[0], shape[1:], spec, inner_rows, shard_rows // inner_rows, codec)

@@ -11,7 +11,7 @@ from ..errors import InvalidKeyError, NotAStoreError, UnsupportedCodecError
 from .codecs import CRC_BYTES, ChunkCodec
 from .dtypes import DTypeSpec, dtype_spec
 
-__all__ = ["TensorMeta", "check_tensor_name", "choose_chunk_rows"]
+__all__ = ["TensorMeta", "check_tensor_name", "choose_chunk_rows", "parse_array_doc"]
 
 PAGE = mmap.PAGESIZE
 
@@ -28,6 +28,25 @@ def check_tensor_name(name: str) -> str:
     if name == "zarr.json":
         raise InvalidKeyError("'zarr.json' is reserved for the store's own metadata")
     return name
+
+
+def parse_array_doc(doc: dict[str, Any], where: str) -> tuple[Any, DTypeSpec]:
+    """One array document, validated by zarr-python, and its logical dtype."""
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    try:
+        md = ArrayV3Metadata.from_dict(dict(doc))
+    except Exception as e:  # zarr raises several types for malformed metadata
+        raise NotAStoreError(f"{where}: invalid Zarr v3 array metadata ({e})") from e
+    attrs = md.attributes.get("bigstore", {}) if isinstance(md.attributes, dict) else {}
+    storage = md.data_type.to_native_dtype()
+    logical = attrs.get("dtype") if isinstance(attrs, dict) else None
+    spec = dtype_spec(logical or storage.name)
+    if spec.storage.itemsize != storage.itemsize:
+        raise NotAStoreError(
+            f"{where}: logical dtype {spec.name} does not match stored {storage.name}"
+        )
+    return md, spec
 
 
 def choose_chunk_rows(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> int:
@@ -140,20 +159,7 @@ class TensorMeta:
     @classmethod
     def from_json(cls, name: str, doc: dict[str, Any], where: str) -> TensorMeta:
         """Parse (and let zarr validate) one array's metadata document."""
-        from zarr.core.metadata.v3 import ArrayV3Metadata
-
-        try:
-            md = ArrayV3Metadata.from_dict(dict(doc))
-        except Exception as e:  # zarr raises several types for malformed metadata
-            raise NotAStoreError(f"{where}: invalid Zarr v3 array metadata ({e})") from e
-        attrs = md.attributes.get("bigstore", {}) if isinstance(md.attributes, dict) else {}
-        storage = md.data_type.to_native_dtype()
-        logical = attrs.get("dtype") if isinstance(attrs, dict) else None
-        spec = dtype_spec(logical or storage.name)
-        if spec.storage.itemsize != storage.itemsize:
-            raise NotAStoreError(
-                f"{where}: logical dtype {spec.name} does not match stored {storage.name}"
-            )
+        md, spec = parse_array_doc(doc, where)
         shape = tuple(int(d) for d in md.shape)
         chunk_shape = tuple(int(c) for c in md.chunks)
         if shape and chunk_shape[1:] != tuple(max(1, d) for d in shape[1:]):
