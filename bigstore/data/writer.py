@@ -91,6 +91,12 @@ class _ArrayWriter:
         while len(self.futures) > _IN_FLIGHT:  # bounded memory: wait for the oldest shard
             self.futures.pop(0).result()
 
+    def drain(self) -> None:
+        """Wait for every in-flight write, ignoring their errors (the caller is failing)."""
+        for f in self.futures:
+            f.exception()
+        self.futures = []
+
     def finish(self) -> ArraySpec:
         if self.pending_rows:
             self._flush(self.pending_rows)
@@ -181,6 +187,17 @@ def _write_batches(
         it = _chain(first, it)
     else:
         writers = _resume_writers(store, layout)
+    try:
+        return _write_all(layout, writers, it, bar)
+    except BaseException:
+        for w in writers.values():  # let in-flight shard writes land before anyone cleans up
+            w.drain()
+        raise
+
+
+def _write_all(
+    layout: DatasetLayout, writers: dict[str, _ArrayWriter], it: Iterator[Batch], bar: Any
+) -> DatasetLayout:
     names = [c.name for c in layout.columns]
     num_rows = layout.num_rows
     for b, batch in enumerate(it):
