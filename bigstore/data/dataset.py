@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bigstore_native.data as kernels
 import numpy as np
@@ -16,6 +16,10 @@ from ..store import Store, is_local_url, open_store
 from ._chunks import ChunkLoader, ChunkPools, gather_fixed, gather_var
 from ._schema import ArraySpec, ColumnSpec, DatasetLayout
 from ._shard import ShardReader
+
+if TYPE_CHECKING:  # imported lazily at run time: the loader imports this module
+    from .loader import Loader
+    from .torch import TorchDataset
 
 __all__ = ["Dataset", "open_dataset", "read_layout"]
 
@@ -165,13 +169,13 @@ class Dataset:
         return out
 
     # -- iteration ----------------------------------------------------------------------------
-    def loader(self, batch_size: int, **options: Any) -> Any:
+    def loader(self, batch_size: int, **options: Any) -> Loader:
         """A shuffled, sharded, resumable batch iterator; see :class:`bigstore.data.Loader`."""
         from .loader import Loader
 
         return Loader(self, batch_size, **options)
 
-    def torch_dataset(self, batch_size: int, **options: Any) -> Any:
+    def torch_dataset(self, batch_size: int, **options: Any) -> TorchDataset:
         """A ``torch.utils.data.IterableDataset`` yielding whole batches (use
         ``DataLoader(ds, batch_size=None, num_workers=...)``)."""
         from .torch import TorchDataset
