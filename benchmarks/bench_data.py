@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from bigstore.bench import direct_read_seconds, store_files
+from bigstore.bench import direct_read_seconds, drop_page_cache, memcpy_seconds, store_files
 from bigstore.data import open_dataset, write_dataset
-from bigstore.demo._data import drop_page_cache, memcpy_gbps
 
 B = 256
 
@@ -153,10 +152,10 @@ def _run_shape(work: pathlib.Path, n: int, sb: int, quality: bool) -> None:
             c += t.take(perm[s : s + B]).num_rows
         return c
 
-    mem = memcpy_gbps(nbytes)
+    mem = nbytes / memcpy_seconds(nbytes) / 1e9
     files = store_files(work / "ds")
     ds.close()
-    drop_page_cache(work / "ds")
+    drop_page_cache(store_files(work / "ds"))
     dt_direct, direct_bytes = direct_read_seconds(files)
     seq = direct_bytes / dt_direct / 1e9  # the disk's sequential bound, same bytes
     rows: list[tuple[str, float, int]] = []
@@ -204,7 +203,7 @@ def _run_shape(work: pathlib.Path, n: int, sb: int, quality: bool) -> None:
         rows.append((name, dt, c))
     for name, shuffle in (("bigstore shuffled cold", True), ("bigstore sequential cold", False)):
         ds.close()  # unmap: mapped pages are never dropped from the page cache
-        drop_page_cache(work / "ds")
+        drop_page_cache(store_files(work / "ds"))
         fresh = open_dataset(work / "ds")  # a first epoch: every chunk read and checked
         dt, c = timed(lambda: bigstore(fresh, shuffle))  # noqa: B023 - called right here
         fresh.close()

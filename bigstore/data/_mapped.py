@@ -18,7 +18,6 @@ Mappings belong to one process: a forked child (a DataLoader worker) maps again 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 import threading
@@ -33,7 +32,14 @@ import numpy as np
 from ..errors import CorruptChunkError, TruncatedChunkError
 from ..format.codecs import CRC_BYTES, check_crc
 from ..io import get_executor
-from ..io.mapping import PAGE, MappedRegion, map_files, mmap_supported
+from ..io.mapping import (
+    MADV_POPULATE_READ,
+    MADV_WILLNEED,
+    PAGE,
+    MappedRegion,
+    map_files,
+    mmap_supported,
+)
 from ..store import LocalStore
 from ._producer import ProducerThread
 from ._schema import ArraySpec, ColumnSpec, DatasetLayout
@@ -42,21 +48,10 @@ from .order import Order, Runs, sub_stream
 __all__ = ["MappedArray", "MappedPrefetcher", "mapped_arrays"]
 
 Arr = np.ndarray[Any, Any]
-MADV_WILLNEED = 3
-MADV_POPULATE_READ = 22  # Linux >= 5.14; refused (harmlessly) elsewhere
 _GROUP_BYTES = 8 << 20  # batch bytes gathered per producer step (measured best: 4-16 MiB)
 _MAX_GROUP = 32  # batches
 _SPLIT_BYTES = 1 << 20  # gathers larger than this use two threads
 _FREE_REFS = 3  # sys.getrefcount of a pooled array only the pool holds (list, loop, argument)
-
-
-def _madvise(region: MappedRegion, start: int, stop: int, advice: int) -> None:
-    from ..io.mapping import _lib
-
-    lo = (start // PAGE) * PAGE
-    hi = min(region.length, stop)
-    if hi > lo:
-        _lib().madvise(ctypes.c_void_p(region.addr + lo), hi - lo, advice)
 
 
 class MappedArray:
@@ -91,7 +86,7 @@ class MappedArray:
     def advise(self, chunks: Arr, advice: int = MADV_WILLNEED) -> None:
         n = self.arr.chunk_nbytes + CRC_BYTES
         for b in self.chunk_base[chunks].tolist():
-            _madvise(self.region, b, b + n, advice)
+            self.region.advise(advice, b, b + n)
 
     def verify(self, chunks: Arr) -> None:
         """Check the crc32c of ``chunks`` not checked yet, several at once on the pool's
@@ -108,7 +103,7 @@ class MappedArray:
     def _verify_one(self, k: int) -> None:
         n = self.arr.chunk_nbytes
         b = int(self.chunk_base[k])
-        _madvise(self.region, b, b + n + CRC_BYTES, MADV_POPULATE_READ)  # page in, one call
+        self.region.advise(MADV_POPULATE_READ, b, b + n + CRC_BYTES)  # page in, one call
         check_crc([self.region.view(b, b + n)], self.region.view(b + n, b + n + CRC_BYTES),
                   self.where(k))
         self.verified[k] = 1

@@ -88,6 +88,13 @@ def default_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def order_spec(ds: Any, config: LoaderConfig, epoch: int = 0) -> OrderSpec:
+    """The order of ``ds`` under ``config``: shared by the loader and the torch adapter."""
+    return OrderSpec(
+        len(ds), ds.layout.chunk_rows, config.seed, epoch, config.shuffle, config.window
+    )
+
+
 def make_config(batch_size: int, **options: Any) -> LoaderConfig:
     """A LoaderConfig from ``ds.loader``'s keywords (rank/world default from the environment)."""
     rank, world = options.pop("rank", None), options.pop("world_size", None)
@@ -268,22 +275,11 @@ class Loader:
     owned by the caller.
     """
 
-    def __init__(
-        self, ds: Any, batch_size: int, *, window: int | None = None, **options: Any
-    ) -> None:
-        if window is not None:
-            options["window"] = window
+    def __init__(self, ds: Any, batch_size: int, **options: Any) -> None:
         self.ds = ds
         self.config = make_config(batch_size, **options)
         self.columns = ds.select(self.config.columns)
-        spec = OrderSpec(
-            len(ds),
-            ds.layout.chunk_rows,
-            self.config.seed,
-            0,
-            self.config.shuffle,
-            self.config.window,
-        )
+        spec = order_spec(ds, self.config)
         split = Split(self.config.world_size, 1, batch_size, self.config.drop_last)
         self._state = EpochState(spec, split)
         self._active: Any = None

@@ -20,28 +20,24 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .loader import EpochState, make_config, make_prefetcher, to_device, worker_batches
+from .loader import (
+    EpochState,
+    make_config,
+    make_prefetcher,
+    order_spec,
+    to_device,
+    worker_batches,
+)
 from .order import Order, OrderSpec, Split
 
 __all__ = ["TorchDataset"]
 
 
 class TorchDataset(IterableDataset[dict[str, Any]]):
-    def __init__(
-        self, ds: Any, batch_size: int, *, window: int | None = None, **options: Any
-    ) -> None:
-        if window is not None:
-            options["window"] = window
+    def __init__(self, ds: Any, batch_size: int, **options: Any) -> None:
         self.ds = ds
         self.config = make_config(batch_size, **options)
-        self.spec = OrderSpec(
-            len(ds),
-            ds.layout.chunk_rows,
-            self.config.seed,
-            0,
-            self.config.shuffle,
-            self.config.window,
-        )
+        self.spec = order_spec(ds, self.config)
         self._saved: dict[str, Any] | None = None
 
     def set_epoch(self, epoch: int) -> None:

@@ -20,7 +20,7 @@ import torch
 from ..bench import drop_page_cache as _drop
 from ..bench import peak_rss_bytes, read_seconds, reset_peak_rss, store_files
 
-__all__ = ["run", "gpt_config", "drop_page_cache", "sequential_read_bandwidth", "peak_rss"]
+__all__ = ["run", "gpt_config", "drop_page_cache", "sequential_read_bandwidth"]
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -52,10 +52,6 @@ def sequential_read_bandwidth(root: pathlib.Path, *, cold: bool = True) -> tuple
         read_seconds(files, direct=False)
     dt, total = read_seconds(files, direct=cold)
     return total / dt, "O_DIRECT" if cold else "page cache"
-
-
-def peak_rss() -> int:
-    return peak_rss_bytes()
 
 
 def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -106,14 +102,14 @@ def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) ->
 
     plan_rows(bigstore.open(url).meta(next(iter(bigstore.open(url)))), 0, 1)
     reset_peak_rss()
-    base_rss = peak_rss()
+    base_rss = peak_rss_bytes()
     with offload(sk, url, device="cpu", budget=budget, prefetch=2) as m, torch.no_grad():
         t0 = time.perf_counter()
         got = m.generate(prompt, **gen)
         offload_s = time.perf_counter() - t0
         read = m.bytes_read
         peak_resident = m.stats.peak_resident_bytes
-    rss = peak_rss()
+    rss = peak_rss_bytes()
     same = bool(torch.equal(got, want))
     if not same:
         raise AssertionError(f"offloaded tokens differ from the resident run: {got} vs {want}")

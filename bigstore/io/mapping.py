@@ -64,9 +64,12 @@ class MappedRegion:
             "B"
         )
 
-    def advise(self, advice: int) -> None:
-        if self.length:
-            _lib().madvise(self.addr, self.length, advice)
+    def advise(self, advice: int, start: int = 0, stop: int | None = None) -> None:
+        """``madvise`` bytes [start, stop) of the region (widened to whole pages)."""
+        lo = (start // PAGE) * PAGE
+        hi = self.length if stop is None else min(self.length, stop)
+        if hi > lo:
+            _lib().madvise(self.addr + lo, hi - lo, advice)
 
     def __del__(self) -> None:
         if self.length and _libc is not None:

@@ -16,8 +16,6 @@ removed by the next writer to the same place.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import shutil
 import uuid
@@ -141,11 +139,9 @@ def _publish_local(stage: Path, target: Path) -> None:
 
 
 def _renameat2_exchange(a: Path, b: Path) -> bool:
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
+    from ..io.mapping import _lib
+
+    fn = getattr(_lib(), "renameat2", None)
     if fn is None:
         return False
     rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
