@@ -47,7 +47,7 @@ def _best(fn: Callable[[], Any], repeat: int, before: Callable[[], Any] | None =
 
 
 def run_tests() -> dict[str, Any]:
-    tests = sorted(str(p) for p in (ROOT / "tests").glob("test_*gpu*.py"))
+    tests = sorted(str(p) for p in (ROOT / "tests").rglob("test_*gpu*.py"))
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider",
            "-o", "addopts=", *tests]
     t0 = time.perf_counter()

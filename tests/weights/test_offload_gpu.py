@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_offload import Net, _inputs
+from tests.weights.test_offload import Net, _inputs
 
 import bigstore
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
