@@ -8,22 +8,24 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .config import ReadConfig, WriteConfig, parse_bytes
-from .data import Dataset, Loader, LoaderConfig, open_dataset, write_dataset
+from .config import (
+    DatasetWriteConfig,
+    LoaderConfig,
+    OffloadConfig,
+    ReadConfig,
+    WriteConfig,
+    parse_bytes,
+)
+from .data import Dataset, Loader, open_dataset, write_dataset
 from .errors import BigstoreError
+from .verify import verify
 from .weights import TensorHandle, TensorStore, TensorWriter, load, load_numpy, open, save
 from .weights.convert import convert
-from .weights.offload import (
-    OffloadConfig,
-    OffloadedModel,
-    offload,
-    skeleton,
-    unique_state_dict,
-)
-from .weights.verify import verify
+from .weights.offload import OffloadedModel, offload, skeleton, unique_state_dict
 
 __all__ = [
-    "BigstoreError", "Dataset", "Loader", "LoaderConfig", "OffloadConfig", "OffloadedModel",
+    "BigstoreError", "Dataset", "DatasetWriteConfig", "Loader", "LoaderConfig", "OffloadConfig",
+    "OffloadedModel",
     "ReadConfig", "TensorHandle", "TensorStore", "TensorWriter", "WriteConfig", "__version__",
     "convert", "load", "load_numpy", "offload", "open", "open_dataset", "parse_bytes", "save",
     "skeleton", "unique_state_dict", "verify", "write_dataset",

@@ -121,7 +121,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .weights.verify import verify
+    from .verify import verify
 
     bar = None
     if not args.json and not args.quiet:

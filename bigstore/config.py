@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import BigstoreError
 
-__all__ = ["KiB", "MiB", "GiB", "ReadConfig", "WriteConfig", "parse_bytes", "default_io_threads"]
+__all__ = [
+    "DatasetWriteConfig", "GiB", "KiB", "LoaderConfig", "MiB", "OffloadConfig", "PrefetchConfig",
+    "ReadConfig", "WriteConfig", "default_io_threads", "parse_bytes",
+]
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -45,18 +50,26 @@ def default_io_threads() -> int:
 
 @dataclass(frozen=True)
 class WriteConfig:
-    """How tensors are laid out when written.
+    """How tensors are laid out when written, and how a write commits.
 
     chunk_bytes: target bytes per chunk; tensors are chunked along their first axis only.
     codec: None (raw bytes, memory-mappable), "zstd", "zstd:LEVEL", "gzip" or "gzip:LEVEL".
+    durable: fsync every file and directory before the commit (local stores), so a power loss
+        never leaves a commit pointing at unwritten bytes.
+    lock_timeout: seconds to wait for another writer of the same store before giving up with
+        ConcurrentWriteError.
     """
 
     chunk_bytes: int = 64 * MiB
     codec: str | None = None
+    durable: bool = True
+    lock_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0:
             raise BigstoreError(f"chunk_bytes must be positive, got {self.chunk_bytes}")
+        if self.lock_timeout < 0:
+            raise BigstoreError(f"lock_timeout must be >= 0 seconds, got {self.lock_timeout}")
 
 
 @dataclass(frozen=True)
@@ -77,3 +90,115 @@ class ReadConfig:
     @property
     def n_threads(self) -> int:
         return self.threads or default_io_threads()
+
+
+@dataclass(frozen=True)
+class DatasetWriteConfig:
+    """How a dataset is laid out: rows per inner chunk (or a byte target), shard size, codec.
+
+    chunk_rows: samples per inner chunk (None: about ``chunk_bytes`` of all columns).
+    shard_bytes: target bytes per shard object. codec: as WriteConfig.codec.
+    """
+
+    chunk_rows: int | None = None
+    chunk_bytes: int = 1 * MiB
+    shard_bytes: int = 128 * MiB
+    codec: str | None = None
+    durable: bool = True
+    lock_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows is not None and self.chunk_rows <= 0:
+            raise BigstoreError(f"chunk_rows must be positive, got {self.chunk_rows}")
+        if self.chunk_bytes <= 0 or self.shard_bytes <= 0:
+            raise BigstoreError("chunk_bytes and shard_bytes must be positive")
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    """How a model is paged.
+
+    budget: bytes of weights (parameters and buffers) resident on the device at any time.
+    prefetch: units read ahead of the one running (0: load each on demand, synchronously).
+    staging_bytes: size of one pinned host slot of the CUDA staging ring (ring of
+        ``prefetch + 1`` slots, at least 2); unused on CPU, where bytes land in the budget.
+    drop_cache: drop a local store's file pages from the page cache once read, so the machine's
+        memory use reflects the budget (set False to let repeated runs hit the page cache).
+    align: byte alignment of each tensor inside a unit's buffer.
+    guard: watch ops while the model runs so weights read outside their module are paged in.
+    cache_dir / cache_bytes: for remote stores, keep read chunks in this local directory,
+        holding at most ``cache_bytes`` bytes.
+    """
+
+    budget: int = 2 * GiB
+    prefetch: int = 2
+    staging_bytes: int = 64 * MiB
+    drop_cache: bool = True
+    align: int = 256
+    guard: bool = True
+    cache_dir: str | None = None
+    cache_bytes: int = 16 * GiB
+
+    def __post_init__(self) -> None:
+        if self.prefetch < 0:
+            raise BigstoreError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.align <= 0 or self.align & (self.align - 1):
+            raise BigstoreError(f"align must be a power of two, got {self.align}")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Everything a dataset loader needs besides the dataset.
+
+    window: chunks whose samples are shuffled together (shuffle quality vs memory).
+    memory: bytes of chunk slots (None: room for four windows, at least 256 MiB).
+    read_ahead: bytes of upcoming batches whose chunks are read in one group.
+    prefetch: finished batches kept ready for the consumer.
+    rank / world_size: None: from torch.distributed when initialised, else RANK / WORLD_SIZE.
+    """
+
+    batch_size: int
+    shuffle: bool = False
+    seed: int = 0
+    columns: tuple[str, ...] | None = None
+    drop_last: bool = False
+    rank: int | None = None
+    world_size: int | None = None
+    num_threads: int = 0  # 0: default_io_threads()
+    prefetch: int = 4
+    window: int = 64
+    memory: int | None = None
+    read_ahead: int = 128 * MiB
+    device: str | None = None
+    pin_memory: bool = False
+    transform: Callable[[dict[str, Any]], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise BigstoreError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.world_size is not None and self.world_size < 1:
+            raise BigstoreError(f"world_size must be >= 1, got {self.world_size}")
+        if self.rank is not None and self.world_size is not None and not (
+            0 <= self.rank < self.world_size
+        ):
+            raise BigstoreError(f"rank {self.rank} is outside world size {self.world_size}")
+        if self.prefetch < 1:
+            raise BigstoreError(f"prefetch must be >= 1, got {self.prefetch}")
+
+    @property
+    def threads(self) -> int:
+        return self.num_threads or default_io_threads()
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    """The copying dataset prefetcher's resources (derived from a LoaderConfig)."""
+
+    n_slots: int
+    prefetch: int  # finished batches waiting for the consumer
+    read_ahead: int  # bytes of batches per group
+    threads: int
+
+
+#: where remote datasets keep their local cache, and its size (see bigstore.store.CachedStore)
+DATASET_CACHE_BYTES = 10 * GiB

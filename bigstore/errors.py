@@ -11,6 +11,7 @@ __all__ = [
     "BigstoreError",
     "BudgetError",
     "ChecksumError",
+    "ConcurrentWriteError",
     "CorruptChunkError",
     "DTypeError",
     "FormatVersionError",
@@ -20,6 +21,7 @@ __all__ = [
     "MissingTensorError",
     "NotAStoreError",
     "ShapeError",
+    "StoreChangedError",
     "StoreNotFoundError",
     "TruncatedChunkError",
     "UnsupportedCodecError",
@@ -84,6 +86,14 @@ class ChecksumError(CorruptChunkError):
 
 class TruncatedChunkError(CorruptChunkError):
     """A chunk file shorter (or longer) than its metadata says."""
+
+
+class StoreChangedError(BigstoreError, RuntimeError):
+    """The store was replaced after this handle opened it: open it again."""
+
+
+class ConcurrentWriteError(BigstoreError, RuntimeError):
+    """Another writer holds the store; this write did not happen (nothing of it is visible)."""
 
 
 class BudgetError(BigstoreError, MemoryError):

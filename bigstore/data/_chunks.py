@@ -13,10 +13,10 @@ from typing import Any
 import bigstore_native.data as kernels
 import numpy as np
 
+from ..io import ChunkReader
 from ._schema import ColumnSpec, DatasetLayout
-from ._shard import ShardReader
 
-__all__ = ["ChunkPools", "ChunkLoader", "decode_var"]
+__all__ = ["ChunkPools", "decode_var", "gather_fixed", "gather_var", "load_chunks"]
 
 Arr = np.ndarray[Any, Any]
 
@@ -40,42 +40,37 @@ class ChunkPools:
         return sum(layout.main_array(c).chunk_nbytes for c in columns)
 
 
-class ChunkLoader:
-    """Reads chunks of a dataset's columns into :class:`ChunkPools` slots."""
+def load_chunks(
+    reader: ChunkReader, layout: DatasetLayout, col: ColumnSpec, chunks: Sequence[int],
+    pools: ChunkPools, slots: Sequence[int],
+) -> None:
+    """Read chunks ``chunks`` of column ``col`` into ``slots`` of ``pools`` (a variable-length
+    column: its offsets, then the values those offsets span)."""
+    arr = layout.main_array(col)
+    pool = pools.fixed[col.name]
+    reader.read_chunks(arr, list(chunks), [pool[s] for s in slots])
+    if col.variable:
+        for k, s in zip(chunks, slots):
+            pools.values[col.name][s] = _values_of(reader, layout, col, int(k), pool[s])
 
-    def __init__(self, layout: DatasetLayout, reader: ShardReader) -> None:
-        self.layout = layout
-        self.reader = reader
 
-    def load(
-        self, col: ColumnSpec, chunks: Sequence[int], pools: ChunkPools, slots: Sequence[int]
-    ) -> None:
-        arr = self.layout.main_array(col)
-        pool = pools.fixed[col.name]
-        outs = [memoryview(pool[s]).cast("B") for s in slots]
-        self.reader.read_chunks(arr, list(chunks), outs)
-        if col.variable:
-            for k, s in zip(chunks, slots):
-                pools.values[col.name][s] = self._values_of(col, int(k), pool[s])
-
-    def _values_of(self, col: ColumnSpec, k: int, offsets_raw: Arr) -> tuple[int, Arr]:
-        n = self.layout.chunk_len(k)
-        offs = offsets_raw.view(np.int64).reshape(-1, 2)[:n]
-        start, stop = int(offs[:, 0].min()), int(offs[:, 1].max())
-        varr = self.layout.values_array(col)
-        if stop <= start:
-            return start, np.empty(0, varr.dtype.storage)
-        first, last = start // varr.chunk_rows, (stop - 1) // varr.chunk_rows
-        chunks = list(range(first, last + 1))
-        buf = np.empty(len(chunks) * varr.chunk_nbytes, np.uint8)
-        outs = [
-            memoryview(buf[i * varr.chunk_nbytes : (i + 1) * varr.chunk_nbytes])
-            for i in range(len(chunks))
-        ]
-        self.reader.read_chunks(varr, chunks, outs)
-        elems = buf.view(varr.dtype.storage)
-        lo = start - first * varr.chunk_rows
-        return start, elems[lo : lo + (stop - start)].copy()
+def _values_of(
+    reader: ChunkReader, layout: DatasetLayout, col: ColumnSpec, k: int, offsets_raw: Arr
+) -> tuple[int, Arr]:
+    n = layout.chunk_len(k)
+    offs = offsets_raw.view(np.int64).reshape(-1, 2)[:n]
+    start, stop = int(offs[:, 0].min()), int(offs[:, 1].max())
+    varr = layout.values_array(col)
+    if stop <= start:
+        return start, np.empty(0, varr.dtype.storage)
+    first, last = start // varr.chunk_rows, (stop - 1) // varr.chunk_rows
+    chunks = list(range(first, last + 1))
+    buf = np.empty(len(chunks) * varr.chunk_nbytes, np.uint8)
+    outs = [buf[i * varr.chunk_nbytes : (i + 1) * varr.chunk_nbytes] for i in range(len(chunks))]
+    reader.read_chunks(varr, chunks, outs)
+    elems = buf.view(varr.dtype.storage)
+    lo = start - first * varr.chunk_rows
+    return start, elems[lo : lo + (stop - start)].copy()
 
 
 def gather_fixed(

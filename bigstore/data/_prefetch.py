@@ -8,8 +8,8 @@ being read, so no read ever lands in a slot a gather is using. Memory: the slots
 start) plus at most ``prefetch`` finished batches waiting in the queue, whatever the dataset
 size.
 
-States of the producer, in order: RUNNING -> (DONE | FAILED | STOPPED); the consumer sees the
-end, the error, or nothing more after ``close()``.
+The thread is a :class:`~bigstore.io.Producer` (its states and transitions are documented
+there); the consumer sees the end, the error, or nothing more after ``close()``.
 """
 
 from __future__ import annotations
@@ -23,24 +23,16 @@ from typing import Any
 import bigstore_native.data as kernels
 import numpy as np
 
+from ..config import PrefetchConfig
 from ..errors import BudgetError
-from ..io import get_executor
-from ._chunks import ChunkLoader, ChunkPools, gather_fixed, gather_var
-from ._producer import ProducerThread
+from ..io import ChunkReader, Producer, get_executor
+from ._chunks import ChunkPools, gather_fixed, gather_var, load_chunks
 from ._schema import ColumnSpec, DatasetLayout
 
-__all__ = ["Prefetcher", "PrefetchConfig"]
+__all__ = ["Prefetcher"]
 
 Arr = np.ndarray[Any, Any]
 _TASK_CHUNKS = 16  # chunks per read task (neighbours inside one become one request)
-
-
-@dataclass(frozen=True)
-class PrefetchConfig:
-    n_slots: int
-    prefetch: int  # finished batches waiting for the consumer
-    read_ahead: int  # bytes of batches per group
-    threads: int
 
 
 @dataclass
@@ -57,20 +49,20 @@ class _Group:
     chunks: set[int] = field(default_factory=set)
 
 
-class Prefetcher(ProducerThread):
+class Prefetcher(Producer):
     """Iterate batches (dicts of arrays) for the sample-id arrays ``batches`` yields."""
 
     def __init__(
         self,
         layout: DatasetLayout,
-        loader: ChunkLoader,
+        reader: ChunkReader,
         columns: list[ColumnSpec],
         batches: Iterator[Arr],
         cfg: PrefetchConfig,
         alloc: Callable[[tuple[int, ...], np.dtype[Any]], Arr] | None = None,
     ) -> None:
         self.layout = layout
-        self.loader = loader
+        self.reader = reader
         self.columns = columns
         self.batches = batches
         self.cfg = cfg
@@ -89,11 +81,11 @@ class Prefetcher(ProducerThread):
         return self
 
     def __next__(self) -> dict[str, Any]:
-        batch: dict[str, Any] = self._next_item()
+        batch: dict[str, Any] = self.next_item()
         return batch
 
     def close(self) -> None:
-        self._stop_thread()
+        self.stop()
         for futs in self.slot_futs.values():  # never free slots a read is still filling
             for f in futs:
                 f.cancel()
@@ -101,20 +93,20 @@ class Prefetcher(ProducerThread):
                     f.exception()
 
     def __del__(self) -> None:
-        if self.thread is not None:
-            self.stop.set()
+        self.stopping.set()
 
     # -- producer side ------------------------------------------------------------------------
-    def _produce(self) -> bool:
+    def _produce(self) -> None:
         prev: _Group | None = None
         for group in self._groups():
-            if self.stop.is_set():
-                return False
+            if self.stopping.is_set():
+                return
             self._schedule(group, prev)
             if prev is not None and not self._emit(prev):
-                return False
+                return
             prev = group
-        return prev is None or self._emit(prev)
+        if prev is not None:
+            self._emit(prev)
 
     def _groups(self) -> Iterator[_Group]:
         half = max(1, self.cfg.n_slots // 2)
@@ -161,7 +153,8 @@ class Prefetcher(ProducerThread):
         ex = get_executor(self.cfg.threads)
         for lo in range(0, len(missing), _TASK_CHUNKS):
             cs, ss = missing[lo : lo + _TASK_CHUNKS], slots[lo : lo + _TASK_CHUNKS]
-            futs = [ex.submit(self.loader.load, col, cs, self.pools, ss) for col in self.columns]
+            futs = [ex.submit(load_chunks, self.reader, self.layout, col, cs, self.pools, ss)
+                    for col in self.columns]
             for s in ss:
                 self.slot_futs[s] = futs
 
@@ -178,6 +171,6 @@ class Prefetcher(ProducerThread):
                     out[col.name] = gather_var(self.pools, col, slots, b.rows)
                 else:
                     out[col.name] = gather_fixed(self.pools, col, slots, b.rows, self.alloc)
-            if self.stop.is_set() or not self._put(out):
+            if self.stopping.is_set() or not self._put(out):
                 return False
         return True

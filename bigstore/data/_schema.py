@@ -8,7 +8,8 @@ array ``<name>`` of shape (rows, *shape). A variable-length column is a group ``
 self-contained (no peek into the previous chunk).
 
 Arrays are sharded (zarr's ``sharding_indexed`` codec): one object holds ``chunks_per_shard``
-inner chunks back to back, then an index of (offset, nbytes) uint64 pairs and its crc32c.
+inner chunks back to back, then an index of (offset, nbytes) uint64 pairs and its crc32c. Each
+array is an :class:`~bigstore.format.ArrayLayout`, the same type as a tensor's.
 """
 
 from __future__ import annotations
@@ -18,17 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import NotAStoreError
-from ..format import check_tensor_name
-from ..format.codecs import ChunkCodec
-from ..format.dtypes import DTypeSpec, dtype_spec
-from ..format.metadata import parse_array_doc
+from ..format import ArrayLayout, DTypeSpec, check_name, dtype_spec
 
-__all__ = ["ArraySpec", "ColumnSpec", "DatasetLayout", "Kind"]
+__all__ = ["ColumnSpec", "DatasetLayout", "Kind", "group_doc"]
 
 Kind = Literal["fixed", "list", "bytes", "str"]
 _KINDS = ("fixed", "list", "bytes", "str")
-INDEX_ENTRY = 16  # (offset, nbytes) as two little-endian uint64
-EMPTY = (1 << 64) - 1  # an index entry for an inner chunk that was never written
 
 
 @dataclass(frozen=True)
@@ -41,7 +37,7 @@ class ColumnSpec:
     shape: tuple[int, ...] = ()  # per-sample shape; () for variable-length columns
 
     def __post_init__(self) -> None:
-        check_tensor_name(self.name)
+        check_name(self.name, "column")
         if self.kind not in _KINDS:
             raise NotAStoreError(f"column {self.name!r}: unknown kind {self.kind!r}")
 
@@ -79,102 +75,6 @@ class ColumnSpec:
         return self.name, dt, (None if self.variable else self.shape)
 
 
-@dataclass(frozen=True)
-class ArraySpec:
-    """One sharded Zarr array: (rows, *inner) elements, inner chunks of ``chunk_rows`` rows."""
-
-    path: str
-    rows: int
-    inner: tuple[int, ...]
-    dtype: DTypeSpec
-    chunk_rows: int
-    chunks_per_shard: int
-    codec: ChunkCodec
-
-    @property
-    def row_bytes(self) -> int:
-        return self.dtype.itemsize * math.prod(self.inner)
-
-    @property
-    def chunk_nbytes(self) -> int:
-        return self.chunk_rows * self.row_bytes
-
-    @property
-    def shard_rows(self) -> int:
-        return self.chunk_rows * self.chunks_per_shard
-
-    @property
-    def n_chunks(self) -> int:
-        return math.ceil(self.rows / self.chunk_rows) if self.rows else 0
-
-    @property
-    def n_shards(self) -> int:
-        return math.ceil(self.rows / self.shard_rows) if self.rows else 0
-
-    @property
-    def index_nbytes(self) -> int:
-        return self.chunks_per_shard * INDEX_ENTRY + 4
-
-    def shard_key(self, s: int) -> str:
-        return f"{self.path}/c/" + "/".join([str(s)] + ["0"] * len(self.inner))
-
-    @property
-    def meta_key(self) -> str:
-        return f"{self.path}/zarr.json"
-
-    def with_rows(self, rows: int) -> ArraySpec:
-        return ArraySpec(
-            self.path,
-            rows,
-            self.inner,
-            self.dtype,
-            self.chunk_rows,
-            self.chunks_per_shard,
-            self.codec,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """The array's Zarr v3 document, built by zarr-python itself."""
-        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-        from zarr.core.chunk_grids import RegularChunkGrid
-        from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
-        from zarr.core.dtype import parse_data_type
-        from zarr.core.metadata.v3 import ArrayV3Metadata
-
-        inner = tuple(max(1, d) for d in self.inner)
-        sharding = ShardingCodec(
-            chunk_shape=(self.chunk_rows, *inner),
-            codecs=self.codec.zarr_codecs(),
-            index_codecs=[BytesCodec(endian="little"), Crc32cCodec()],
-        )
-        md = ArrayV3Metadata(
-            shape=(self.rows, *self.inner),
-            data_type=parse_data_type(self.dtype.storage, zarr_format=3),
-            chunk_grid=RegularChunkGrid(chunk_shape=(self.shard_rows, *inner)),
-            chunk_key_encoding=DefaultChunkKeyEncoding(separator="/"),
-            fill_value=0,
-            codecs=[sharding],
-            attributes={"bigstore": {"dtype": self.dtype.name}},
-            dimension_names=None,
-        )
-        d: dict[str, Any] = md.to_dict()
-        return d
-
-    @classmethod
-    def from_json(cls, path: str, doc: dict[str, Any], where: str) -> ArraySpec:
-        from zarr.codecs import ShardingCodec
-
-        md, spec = parse_array_doc(doc, where)
-        if len(md.codecs) != 1 or not isinstance(md.codecs[0], ShardingCodec):
-            raise NotAStoreError(f"{where}: dataset arrays must be sharded")
-        sh = md.codecs[0]
-        inner_rows = int(sh.chunk_shape[0])
-        shard_rows = int(md.chunk_grid.chunk_shape[0])  # `md.chunks` is the inner shape
-        codec = ChunkCodec.from_zarr(sh.codecs, where)
-        shape = tuple(int(d) for d in md.shape)
-        return cls(path, shape[0], shape[1:], spec, inner_rows, shard_rows // inner_rows, codec)
-
-
 def group_doc() -> dict[str, Any]:
     return {"zarr_format": 3, "node_type": "group", "attributes": {}}
 
@@ -186,7 +86,7 @@ class DatasetLayout:
     num_rows: int
     chunk_rows: int
     columns: tuple[ColumnSpec, ...]
-    arrays: dict[str, ArraySpec] = field(default_factory=dict)  # path -> array
+    arrays: dict[str, ArrayLayout] = field(default_factory=dict)  # path -> array
 
     @property
     def n_chunks(self) -> int:
@@ -201,11 +101,11 @@ class DatasetLayout:
         known = ", ".join(c.name for c in self.columns)
         raise MissingTensorError(f"unknown column {name!r}; this dataset has: {known}")
 
-    def main_array(self, col: ColumnSpec) -> ArraySpec:
+    def main_array(self, col: ColumnSpec) -> ArrayLayout:
         """The array chunked like the samples: the column itself, or its offsets."""
         return self.arrays[col.name if not col.variable else f"{col.name}/offsets"]
 
-    def values_array(self, col: ColumnSpec) -> ArraySpec:
+    def values_array(self, col: ColumnSpec) -> ArrayLayout:
         return self.arrays[f"{col.name}/values"]
 
     def chunk_len(self, k: int) -> int:

@@ -9,16 +9,19 @@ from typing import TYPE_CHECKING, Any
 import bigstore_native.data as kernels
 import numpy as np
 
-from ..errors import NotAStoreError, ShapeError
-from ..format.root import read_root
-from ..io import get_executor
-from ..store import Store, is_local_url, open_store
-from ._chunks import ChunkLoader, ChunkPools, gather_fixed, gather_var
-from ._schema import ArraySpec, ColumnSpec, DatasetLayout
-from ._shard import ShardReader
+from ..config import DATASET_CACHE_BYTES, ReadConfig
+from ..errors import NotAStoreError, ShapeError, StoreNotFoundError
+from ..forksafe import PerProcess
+from ..format import ROOT_KEY, ArrayLayout, read_root
+from ..io import ChunkReader, MappedArray, mappable
+from ..store import CachedStore, Store, default_cache_dir, open_store
+from ._chunks import ChunkPools, gather_fixed, gather_var, load_chunks
+from ._schema import ColumnSpec, DatasetLayout
 
 if TYPE_CHECKING:  # imported lazily at run time: the loader imports this module
-    from .loader import Loader
+    from typing_extensions import Unpack
+
+    from .loader import Loader, LoaderOptions
     from .torch import TorchDataset
 
 __all__ = ["Dataset", "open_dataset", "read_layout"]
@@ -32,19 +35,26 @@ def read_layout(store: Store) -> DatasetLayout:
         num_rows, chunk_rows = int(attrs["num_rows"]), int(attrs["chunk_rows"])
     except (KeyError, TypeError, ValueError) as e:
         raise NotAStoreError(f"{store.url}: malformed dataset attributes ({e})") from None
-    arrays: dict[str, ArraySpec] = {}
+    arrays: dict[str, ArrayLayout] = {}
     for c in columns:
         paths = [f"{c.name}/values", f"{c.name}/offsets"] if c.variable else [c.name]
         for p in paths:
             doc = root.arrays.get(p)
             if doc is None:
                 raise NotAStoreError(f"{store.url}: column {c.name!r} has no array {p!r}")
-            arrays[p] = ArraySpec.from_json(p, doc, f"{store.url}/{p}")
+            arrays[p] = ArrayLayout.from_json(p, doc, f"{store.url}/{p}")
+            if not arrays[p].sharded:
+                raise NotAStoreError(f"{store.url}/{p}: dataset arrays must be sharded")
     layout = DatasetLayout(num_rows, chunk_rows, columns, arrays)
     for c in columns:
         main = layout.main_array(c)
         if main.rows != num_rows or main.chunk_rows != chunk_rows:
             raise NotAStoreError(f"{store.url}: array of column {c.name!r} disagrees with the root")
+        if c.variable and main.inner != (2,):
+            raise NotAStoreError(f"{store.url}: offsets of column {c.name!r} are not (rows, 2)")
+        if not c.variable and main.inner != c.shape:
+            raise NotAStoreError(f"{store.url}: column {c.name!r} has samples of shape "
+                                 f"{main.inner}, its description says {c.shape}")
     return layout
 
 
@@ -60,7 +70,8 @@ class Dataset:
         storage_options: Mapping[str, Any] | None = None,
         verify: bool = True,
         cache_dir: str | None = None,
-        cache_bytes: int | str = "10GiB",
+        cache_bytes: int | str = DATASET_CACHE_BYTES,
+        root_version: str | None = None,
     ) -> None:
         self.url = url
         self.store = store
@@ -68,7 +79,9 @@ class Dataset:
         self.storage_options = dict(storage_options or {})
         self.verify = verify
         self._cache = (cache_dir, cache_bytes)
-        self.reader = ShardReader(store, verify=verify)
+        self.reader = ChunkReader(store, ReadConfig(verify=verify), root_version=root_version)
+        # this process's zero-copy view of each column (a forked worker maps again)
+        self._maps: PerProcess[dict[str, MappedArray]] = PerProcess(dict)
 
     # -- pickling: DataLoader workers (spawn/forkserver) reopen by URL, never inherit handles --
     def __getstate__(self) -> dict[str, Any]:
@@ -96,7 +109,25 @@ class Dataset:
     def close(self) -> None:
         """Release this process's memory mappings of the dataset's shards (loaders that are
         running keep theirs until they finish); the next loader maps again."""
-        self.__dict__.pop("_mapped_state", None)
+        self._maps.reset()
+
+    def mapped(self, columns: Sequence[ColumnSpec]) -> dict[str, MappedArray] | None:
+        """Zero-copy views of ``columns`` (made once per process), or None when not every
+        column can be mapped: not on a local file system, compressed, variable length, or
+        ``BIGSTORE_NO_MMAP=1``."""
+        if not columns or any(
+            c.variable or not mappable(self.store, self.layout.main_array(c)) for c in columns
+        ):
+            return None
+        maps = self._maps.get()
+        out = {}
+        for c in columns:
+            m = maps.get(c.name)
+            if m is None:
+                m = maps[c.name] = MappedArray(self.store, self.layout.main_array(c),
+                                               populate=True)
+            out[c.name] = m
+        return out
 
     # -- description --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -153,12 +184,10 @@ class Dataset:
             idx, self.layout.chunk_rows, max(1, self.layout.n_chunks)
         )
         pools = ChunkPools(self.layout, cols, max(1, len(uniq)))
-        loader = ChunkLoader(self.layout, self.reader)
         chunks = uniq.tolist()
         slots = list(range(len(chunks)))
-        tasks = [(c, chunks[i::8], slots[i::8]) for c in cols for i in range(8) if chunks[i::8]]
-        for _ in get_executor().map(lambda t: loader.load(t[0], t[1], pools, t[2]), tasks):
-            pass
+        for c in cols:  # the reader runs each column's requests several at a time
+            load_chunks(self.reader, self.layout, c, chunks, pools, slots)
         out: dict[str, Any] = {}
         for c in cols:
             out[c.name] = (
@@ -169,18 +198,20 @@ class Dataset:
         return out
 
     # -- iteration ----------------------------------------------------------------------------
-    def loader(self, batch_size: int, **options: Any) -> Loader:
-        """A shuffled, sharded, resumable batch iterator; see :class:`bigstore.data.Loader`."""
-        from .loader import Loader
+    def loader(self, batch_size: int, **options: Unpack[LoaderOptions]) -> Loader:
+        """A shuffled, sharded, resumable batch iterator; the options are those of
+        :func:`bigstore.data.loader.make_config` (see :class:`bigstore.config.LoaderConfig`)."""
+        from .loader import Loader, make_config
 
-        return Loader(self, batch_size, **options)
+        return Loader(self, make_config(batch_size, **options))
 
-    def torch_dataset(self, batch_size: int, **options: Any) -> TorchDataset:
+    def torch_dataset(self, batch_size: int, **options: Unpack[LoaderOptions]) -> TorchDataset:
         """A ``torch.utils.data.IterableDataset`` yielding whole batches (use
-        ``DataLoader(ds, batch_size=None, num_workers=...)``)."""
+        ``DataLoader(ds, batch_size=None, num_workers=...)``); options as for :meth:`loader`."""
+        from .loader import make_config
         from .torch import TorchDataset
 
-        return TorchDataset(self, batch_size, **options)
+        return TorchDataset(self, make_config(batch_size, **options))
 
 
 def open_dataset(
@@ -189,19 +220,19 @@ def open_dataset(
     *,
     verify: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
-    cache_bytes: int | str = "10GiB",
+    cache_bytes: int | str = DATASET_CACHE_BYTES,
 ) -> Dataset:
     """Open the dataset at ``url``. Remote (fsspec) datasets read through a bounded local cache
     in ``cache_dir`` (default ``$BIGSTORE_CACHE_DIR`` or ``~/.cache/bigstore``), LRU by bytes."""
     s = os.fspath(url)
     store = open_store(s, storage_options)
+    try:
+        version = store.version(ROOT_KEY)
+    except StoreNotFoundError:
+        version = None
     layout = read_layout(store)
     cdir = os.fspath(cache_dir) if cache_dir is not None else None
-    from ..store import FsspecStore
-
-    if isinstance(store, FsspecStore) and not is_local_url(s):
-        from ..store._cache import CachedStore, default_cache_dir
-
+    if store.is_remote:
         store = CachedStore(store, cdir or default_cache_dir(), cache_bytes)
     return Dataset(
         s,
@@ -211,4 +242,5 @@ def open_dataset(
         verify=verify,
         cache_dir=cdir,
         cache_bytes=cache_bytes,
+        root_version=version,
     )

@@ -1,9 +1,19 @@
 """``ds.loader(...)``: a shuffled, sharded, resumable iterator of batches.
 
-The order is :mod:`bigstore.data.order`'s pure function of (seed, epoch, layout, split); the
-reading is :mod:`bigstore.data._prefetch`'s. ``state_dict()`` counts batches *delivered* to the
-caller (never batches merely prefetched), so a resumed loader continues with exactly the
-batches that were not seen.
+The order is :mod:`bigstore.plan.order`'s pure function of (seed, epoch, layout, split); the
+reading is the prefetchers'. ``state_dict()`` counts batches *delivered* to the caller (never
+batches merely prefetched), so a resumed loader continues with exactly the batches that were
+not seen.
+
+Iteration, as users know it from ``torch.utils.data.DataLoader``:
+
+- each ``iter(loader)`` (each ``for`` loop) is a fresh pass from the loader's current state:
+  the start of the epoch, a loaded state, or - after breaking out of a loop - the batch after
+  the last one delivered (nothing is lost, nothing repeated). A pass that runs to the end moves
+  the loader to the next epoch.
+- only the newest iterator is live: an older one raises :class:`LoaderStateError` on its next
+  ``next()`` instead of blocking; so do iterators running when ``load_state_dict`` or
+  ``set_epoch`` is called (the state they would continue from has changed).
 """
 
 from __future__ import annotations
@@ -11,17 +21,14 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, TypedDict
 
 import numpy as np
 
-from ..config import MiB, default_io_threads, parse_bytes
+from ..config import LoaderConfig, MiB, PrefetchConfig, parse_bytes
 from ..errors import BigstoreError, ShapeError
-from ._chunks import ChunkLoader, ChunkPools
-from ._mapped import MappedPrefetcher, mapped_arrays
-from ._prefetch import PrefetchConfig, Prefetcher
-from .order import (
+from ..plan.order import (
     Level,
     Order,
     OrderSpec,
@@ -29,51 +36,25 @@ from .order import (
     consumed_per_worker,
     consumer_spans,
     consumer_stream,
+    remaining_stream,
+    stream_len,
     sub_stream,
 )
+from ._chunks import ChunkPools
+from ._mapped import MappedPrefetcher
+from ._prefetch import Prefetcher
 
-__all__ = ["Loader", "LoaderConfig", "default_rank_world"]
+__all__ = [
+    "Loader", "LoaderConfig", "LoaderOptions", "LoaderStateError", "default_rank_world",
+    "make_config",
+]
 
 STATE_VERSION = 1
 
 
-@dataclass(frozen=True)
-class LoaderConfig:
-    """Everything a loader needs besides the dataset; the defaults live here.
-
-    window: chunks whose samples are shuffled together (shuffle quality vs memory).
-    memory: bytes of chunk slots (None: room for four windows, at least 256 MiB).
-    read_ahead: bytes of upcoming batches whose chunks are read in one group.
-    prefetch: finished batches kept ready for the consumer.
-    """
-
-    batch_size: int
-    shuffle: bool = False
-    seed: int = 0
-    columns: tuple[str, ...] | None = None
-    drop_last: bool = False
-    rank: int = 0
-    world_size: int = 1
-    num_threads: int = 0  # 0: default_io_threads()
-    prefetch: int = 4
-    window: int = 64
-    memory: int | None = None
-    read_ahead: int = 128 * MiB
-    device: str | None = None
-    pin_memory: bool = False
-    transform: Callable[[dict[str, Any]], Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise BigstoreError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.rank < self.world_size:
-            raise BigstoreError(f"rank {self.rank} is outside world size {self.world_size}")
-        if self.prefetch < 1:
-            raise BigstoreError(f"prefetch must be >= 1, got {self.prefetch}")
-
-    @property
-    def threads(self) -> int:
-        return self.num_threads or default_io_threads()
+class LoaderStateError(BigstoreError, RuntimeError):
+    """An iterator of a loader whose state moved on (a newer ``iter()``, ``load_state_dict``,
+    ``set_epoch``): call ``iter(loader)`` again."""
 
 
 def default_rank_world() -> tuple[int, int]:
@@ -95,30 +76,65 @@ def order_spec(ds: Any, config: LoaderConfig, epoch: int = 0) -> OrderSpec:
     )
 
 
-def make_config(batch_size: int, **options: Any) -> LoaderConfig:
-    """A LoaderConfig from ``ds.loader``'s keywords (rank/world default from the environment)."""
-    rank, world = options.pop("rank", None), options.pop("world_size", None)
-    if rank is None or world is None:
-        r, w = default_rank_world()
-        rank = r if rank is None else rank
-        world = w if world is None else world
-    cols = options.pop("columns", None)
-    if isinstance(cols, str):
-        cols = (cols,)
-    memory = options.pop("memory", None)
-    read_ahead = options.pop("read_ahead", LoaderConfig.read_ahead)
-    unknown = set(options) - set(LoaderConfig.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown loader option(s): {sorted(unknown)}")
-    return LoaderConfig(
-        batch_size=batch_size,
-        rank=int(rank),
-        world_size=int(world),
-        columns=tuple(cols) if cols is not None else None,
-        memory=parse_bytes(memory) if memory is not None else None,
-        read_ahead=parse_bytes(read_ahead),
-        **options,
+def resolve_config(config: LoaderConfig) -> LoaderConfig:
+    """``config`` with rank and world size filled in from the environment when not given."""
+    if config.rank is not None and config.world_size is not None:
+        return config
+    r, w = default_rank_world()
+    return replace(
+        config,
+        rank=r if config.rank is None else config.rank,
+        world_size=w if config.world_size is None else config.world_size,
     )
+
+
+class LoaderOptions(TypedDict, total=False):
+    """The keywords of ``ds.loader`` / ``ds.torch_dataset`` (see :func:`make_config`)."""
+
+    shuffle: bool
+    seed: int
+    columns: str | list[str] | tuple[str, ...] | None
+    drop_last: bool
+    rank: int | None
+    world_size: int | None
+    num_threads: int
+    prefetch: int
+    window: int
+    memory: int | str | None
+    read_ahead: int | str
+    device: str | None
+    pin_memory: bool
+    transform: Callable[[dict[str, Any]], Any] | None
+
+
+def make_config(
+    batch_size: int,
+    *,
+    shuffle: bool = LoaderConfig.shuffle,
+    seed: int = LoaderConfig.seed,
+    columns: str | list[str] | tuple[str, ...] | None = None,
+    drop_last: bool = LoaderConfig.drop_last,
+    rank: int | None = None,
+    world_size: int | None = None,
+    num_threads: int = LoaderConfig.num_threads,
+    prefetch: int = LoaderConfig.prefetch,
+    window: int = LoaderConfig.window,
+    memory: int | str | None = None,
+    read_ahead: int | str = LoaderConfig.read_ahead,
+    device: str | None = None,
+    pin_memory: bool = LoaderConfig.pin_memory,
+    transform: Callable[[dict[str, Any]], Any] | None = None,
+) -> LoaderConfig:
+    """A LoaderConfig from ``ds.loader``'s keywords (byte sizes may be strings: "64MiB")."""
+    cols = (columns,) if isinstance(columns, str) else columns
+    return resolve_config(LoaderConfig(
+        batch_size=batch_size, shuffle=shuffle, seed=seed,
+        columns=tuple(cols) if cols is not None else None, drop_last=drop_last, rank=rank,
+        world_size=world_size, num_threads=num_threads, prefetch=prefetch, window=window,
+        memory=parse_bytes(memory) if memory is not None else None,
+        read_ahead=parse_bytes(read_ahead), device=device, pin_memory=pin_memory,
+        transform=transform,
+    ))
 
 
 class EpochState:
@@ -186,8 +202,6 @@ def worker_batches(
     runs, count = consumer_stream(spec.num_rows, history, split, rank, worker)
     if split.workers == 1:
         return runs, min(batches, count), count
-    from .order import remaining_stream, stream_len
-
     base = np.array([[0, spec.num_rows]], np.int64)
     for lv in history:
         base = remaining_stream(base, lv)
@@ -217,7 +231,7 @@ def make_prefetcher(
 ) -> Any:
     """The batch producer for one consumer: rows gathered straight from mapped shards when the
     dataset allows it (local, uncompressed, fixed-shape columns), else chunk reads + gathers."""
-    maps = mapped_arrays(ds, columns)
+    maps = ds.mapped(columns)
     if maps is not None:
         return MappedPrefetcher(
             ds.layout, columns, maps, order, runs, batch, first, count, cfg.prefetch,
@@ -226,7 +240,7 @@ def make_prefetcher(
     samples = batch_samples(order, runs, batch, first, count)
     return Prefetcher(
         ds.layout,
-        ChunkLoader(ds.layout, ds.reader),
+        ds.reader,
         columns,
         samples,
         prefetch_config(ds, cfg, columns),
@@ -267,22 +281,23 @@ def to_device(batch: dict[str, Any], cfg: LoaderConfig) -> dict[str, Any]:
 
 
 class Loader:
-    """Iterate ``ds`` in batches: see ``Dataset.loader`` and :class:`LoaderConfig`.
+    """Iterate ``ds`` in batches: see ``Dataset.loader``, :class:`LoaderConfig` and the module
+    docstring for what ``iter()``, ``state_dict`` and ``set_epoch`` do.
 
-    ``for batch in loader`` runs the current epoch from where it stands (its start, or a loaded
-    state); a completed pass moves the loader to the next epoch. Batches are dicts of fresh
-    numpy arrays (torch tensors when ``device`` is set; lists for variable-length columns),
-    owned by the caller.
+    Batches are dicts of fresh numpy arrays (torch tensors when ``device`` is set; lists for
+    variable-length columns), owned by the caller.
     """
 
-    def __init__(self, ds: Any, batch_size: int, **options: Any) -> None:
+    def __init__(self, ds: Any, config: LoaderConfig) -> None:
         self.ds = ds
-        self.config = make_config(batch_size, **options)
+        self.config = resolve_config(config)
+        assert self.config.world_size is not None and self.config.rank is not None
         self.columns = ds.select(self.config.columns)
         spec = order_spec(ds, self.config)
-        split = Split(self.config.world_size, 1, batch_size, self.config.drop_last)
+        split = Split(self.config.world_size, 1, self.config.batch_size, self.config.drop_last)
         self._state = EpochState(spec, split)
         self._active: Any = None
+        self._generation = 0  # bumped whenever live iterators must stop
 
     # -- epochs and state ---------------------------------------------------------------------
     @property
@@ -290,7 +305,7 @@ class Loader:
         return self._state.spec.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        self._close()
+        self._invalidate()
         self._state.new_epoch(int(epoch))
 
     def state_dict(self) -> dict[str, Any]:
@@ -298,7 +313,7 @@ class Loader:
         return self._state.to_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._close()
+        self._invalidate()
         self._state.load(state)
 
     def __len__(self) -> int:
@@ -308,35 +323,48 @@ class Loader:
 
     def _plan(self) -> tuple[np.ndarray[Any, Any], int, int]:
         st = self._state
-        return worker_batches(st.spec, st.history, st.split, st.batches, self.config.rank, 0)
+        rank = self.config.rank
+        assert rank is not None
+        return worker_batches(st.spec, st.history, st.split, st.batches, rank, 0)
 
     # -- iteration ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
-        self._close()
+        self._invalidate()
         runs, first, count = self._plan()
         st = self._state
-        order = Order(st.spec)
         pf = make_prefetcher(
-            self.ds, self.config, self.columns, order, runs, st.split.batch, first, count,
-            pinned_alloc(self.config),
+            self.ds, self.config, self.columns, Order(st.spec), runs, st.split.batch, first,
+            count, pinned_alloc(self.config),
         )
         self._active = pf
-        return self._deliver(pf, count - first)
+        return self._deliver(pf, count - first, self._generation)
 
-    def _deliver(self, pf: Any, n: int) -> Iterator[Any]:
+    def _deliver(self, pf: Any, n: int, generation: int) -> Iterator[Any]:
         try:
             for _ in range(n):
+                self._check(generation)
                 batch = next(pf)
+                self._check(generation)
                 self._state.batches += 1  # counted when handed over: never lost, never repeated
                 out = to_device(batch, self.config)
                 yield self.config.transform(out) if self.config.transform else out
+            self._check(generation)
             self._state.new_epoch(self._state.spec.epoch + 1)
         finally:
             pf.close()
             if self._active is pf:
                 self._active = None
 
-    def _close(self) -> None:
+    def _check(self, generation: int) -> None:
+        if generation != self._generation:
+            raise LoaderStateError(
+                "this iterator is no longer live: iter() was called again on its loader, or "
+                "load_state_dict()/set_epoch() changed the state it continued from; call "
+                "iter(loader) for a pass from the current state"
+            )
+
+    def _invalidate(self) -> None:
+        self._generation += 1
         if self._active is not None:
             self._active.close()
             self._active = None

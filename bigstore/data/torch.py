@@ -2,7 +2,7 @@
 
 Use ``DataLoader(tds, batch_size=None, num_workers=K)``. Worker w of rank r delivers its own
 contiguous span of the rank's batches; the DataLoader interleaves workers round-robin, so the
-rank's batches come out in the order :mod:`bigstore.data.order` defines. Nothing is started
+rank's batches come out in the order :mod:`bigstore.plan.order` defines. Nothing is started
 before a worker iterates: the dataset travels to spawn/forkserver workers as its URL (handles
 are reopened there) and forked workers make their own threads and clients.
 
@@ -20,23 +20,24 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..config import LoaderConfig
+from ..plan.order import Order, OrderSpec, Split
 from .loader import (
     EpochState,
-    make_config,
     make_prefetcher,
     order_spec,
+    resolve_config,
     to_device,
     worker_batches,
 )
-from .order import Order, OrderSpec, Split
 
 __all__ = ["TorchDataset"]
 
 
 class TorchDataset(IterableDataset[dict[str, Any]]):
-    def __init__(self, ds: Any, batch_size: int, **options: Any) -> None:
+    def __init__(self, ds: Any, config: LoaderConfig) -> None:
         self.ds = ds
-        self.config = make_config(batch_size, **options)
+        self.config = resolve_config(config)
         self.spec = order_spec(ds, self.config)
         self._saved: dict[str, Any] | None = None
 
@@ -47,6 +48,7 @@ class TorchDataset(IterableDataset[dict[str, Any]]):
         self.spec = replace(self.spec, epoch=int(epoch))
 
     def _state(self, workers: int) -> EpochState:
+        assert self.config.world_size is not None
         st = EpochState(
             self.spec,
             Split(self.config.world_size, workers, self.config.batch_size, self.config.drop_last),
@@ -80,6 +82,7 @@ class TorchDataset(IterableDataset[dict[str, Any]]):
         # After n batches the rank's next batch belongs to logical worker n % K; the DataLoader
         # asks worker 0 first, so worker ids are rotated to keep the original order.
         logical = (worker + st.batches) % workers
+        assert self.config.rank is not None
         runs, first, count = worker_batches(
             st.spec, st.history, st.split, st.batches, self.config.rank, logical
         )

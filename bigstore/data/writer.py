@@ -5,6 +5,10 @@ stays readable until then). ``mode="a"`` adds samples in place: new shards are n
 one partially filled last shard of each array is rewritten whole (an atomic put: its existing
 chunks keep their bytes and positions), and the root document, written last, commits the new
 length. A writer killed before that leaves the previous dataset readable as it was.
+
+Concurrent writers: an append holds the store's writer lock (:mod:`bigstore.store.lock`) from
+reading the layout to its commit, a replacing write while it publishes; so appends from several
+processes all land, one after the other, and never commit each other's rows away.
 """
 
 from __future__ import annotations
@@ -14,49 +18,32 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from ..config import parse_bytes
-from ..errors import BigstoreError, InvalidKeyError, ShapeError, StoreNotFoundError
-from ..format import parse_codec
-from ..format.codecs import ChunkCodec
-from ..format.root import write_root
-from ..io import get_executor
+from ..config import DatasetWriteConfig, parse_bytes
+from ..errors import InvalidKeyError, ShapeError, StoreNotFoundError
+from ..format import ArrayLayout, ChunkCodec, encode_shard, parse_codec, write_root
+from ..io import ChunkReader, get_executor
+from ..progress import progress_bar
 from ..store import Store, open_store
-from ..weights._publish import check_replaceable, discard, make_staging, publish
-from ._schema import ArraySpec, DatasetLayout, group_doc
-from ._shard import ShardReader, encode_shard
+from ..store.publish import check_replaceable, discard, make_staging, publish
+from ._schema import DatasetLayout, group_doc
 from ._source import Batch, VarBatch, conform, infer_column, iter_batches
 
-__all__ = ["write_dataset", "DatasetWriteConfig"]
+__all__ = ["write_dataset"]
 
 _MAX_CHUNKS_PER_SHARD = 4096  # the shard index (16 B per chunk) stays <= 64 KiB
 _IN_FLIGHT = 4  # shards being encoded/written at once, per dataset write
 
 
-@dataclass(frozen=True)
-class DatasetWriteConfig:
-    """Layout knobs: explicit rows per inner chunk, or targets in bytes; the chunk codec."""
-
-    chunk_rows: int | None
-    chunk_bytes: int
-    shard_bytes: int
-    codec: ChunkCodec
-
-    def __post_init__(self) -> None:
-        if self.chunk_rows is not None and self.chunk_rows <= 0:
-            raise BigstoreError(f"chunk_rows must be positive, got {self.chunk_rows}")
-        if self.chunk_bytes <= 0 or self.shard_bytes <= 0:
-            raise BigstoreError("chunk_bytes and shard_bytes must be positive")
-
-
 class _ArrayWriter:
     """Collects rows of one array and writes a shard whenever one is full."""
 
-    def __init__(self, store: Store, spec: ArraySpec, pending: np.ndarray[Any, Any] | None) -> None:
+    def __init__(
+        self, store: Store, spec: ArrayLayout, pending: np.ndarray[Any, Any] | None
+    ) -> None:
         self.store = store
         self.spec = spec
         self.rows = spec.rows  # rows committed to shards or pending
@@ -64,6 +51,7 @@ class _ArrayWriter:
         self.pending: list[np.ndarray[Any, Any]] = [] if pending is None else [pending]
         self.pending_rows = 0 if pending is None else pending.shape[0]
         self.futures: list[Future[None]] = []
+        self.written: list[str] = []  # keys put, for a targeted flush before the commit
 
     def add(self, rows: np.ndarray[Any, Any]) -> None:
         if rows.shape[0] == 0:
@@ -87,6 +75,7 @@ class _ArrayWriter:
         def write() -> None:
             self.store.put(spec.shard_key(s), encode_shard(spec, shard))
 
+        self.written.append(spec.shard_key(s))
         self.futures.append(get_executor().submit(write))
         while len(self.futures) > _IN_FLIGHT:  # bounded memory: wait for the oldest shard
             self.futures.pop(0).result()
@@ -97,7 +86,7 @@ class _ArrayWriter:
             f.exception()
         self.futures = []
 
-    def finish(self) -> ArraySpec:
+    def finish(self) -> ArrayLayout:
         if self.pending_rows:
             self._flush(self.pending_rows)
         for f in self.futures:
@@ -120,36 +109,40 @@ def _choose_chunk_rows(first: Batch, cfg: DatasetWriteConfig) -> int:
 
 
 def _new_array(
-    path: str, spec_dtype: Any, inner: tuple[int, ...], chunk_rows: int, cfg: DatasetWriteConfig
-) -> ArraySpec:
+    path: str, spec_dtype: Any, inner: tuple[int, ...], chunk_rows: int, cfg: DatasetWriteConfig,
+    codec: ChunkCodec,
+) -> ArrayLayout:
     row_bytes = spec_dtype.itemsize * math.prod(inner)
     per_shard = max(
         1, min(_MAX_CHUNKS_PER_SHARD, cfg.shard_bytes // max(1, chunk_rows * row_bytes))
     )
-    return ArraySpec(path, 0, inner, spec_dtype, chunk_rows, per_shard, cfg.codec)
+    return ArrayLayout(path, (0, *inner), spec_dtype, chunk_rows, codec, per_shard)
 
 
 def _new_layout(first: Batch, cfg: DatasetWriteConfig) -> DatasetLayout:
     chunk_rows = _choose_chunk_rows(first, cfg)
     columns = tuple(infer_column(name, col) for name, col in first.items())
-    arrays: dict[str, ArraySpec] = {}
+    arrays: dict[str, ArrayLayout] = {}
     from ..format.dtypes import dtype_spec
 
+    codec = parse_codec(cfg.codec)
     for c in columns:
         if c.variable:
             vrows = max(1, cfg.chunk_bytes // c.dtype.itemsize)
-            arrays[f"{c.name}/values"] = _new_array(f"{c.name}/values", c.dtype, (), vrows, cfg)
+            arrays[f"{c.name}/values"] = _new_array(
+                f"{c.name}/values", c.dtype, (), vrows, cfg, codec
+            )
             arrays[f"{c.name}/offsets"] = _new_array(
-                f"{c.name}/offsets", dtype_spec("int64"), (2,), chunk_rows, cfg
+                f"{c.name}/offsets", dtype_spec("int64"), (2,), chunk_rows, cfg, codec
             )
         else:
-            arrays[c.name] = _new_array(c.name, c.dtype, c.shape, chunk_rows, cfg)
+            arrays[c.name] = _new_array(c.name, c.dtype, c.shape, chunk_rows, cfg, codec)
     return DatasetLayout(0, chunk_rows, columns, arrays)
 
 
 def _resume_writers(store: Store, layout: DatasetLayout) -> dict[str, _ArrayWriter]:
     """Writers that continue each array, with its partial last shard read back."""
-    reader = ShardReader(store)
+    reader = ChunkReader(store)
     writers = {}
     for path, spec in layout.arrays.items():
         tail = spec.rows % spec.shard_rows
@@ -159,10 +152,8 @@ def _resume_writers(store: Store, layout: DatasetLayout) -> dict[str, _ArrayWrit
             first = s * spec.chunks_per_shard
             chunks = list(range(first, first + math.ceil(tail / spec.chunk_rows)))
             buf = np.empty((len(chunks) * spec.chunk_rows, spec.row_bytes), np.uint8)
-            outs = [
-                memoryview(buf[i * spec.chunk_rows : (i + 1) * spec.chunk_rows]).cast("B")
-                for i in range(len(chunks))
-            ]
+            outs = [buf[i * spec.chunk_rows : (i + 1) * spec.chunk_rows]
+                    for i in range(len(chunks))]
             reader.read_chunks(spec, chunks, outs)
             pending = buf[:tail]
         writers[path] = _ArrayWriter(store, spec, pending)
@@ -175,18 +166,19 @@ def _write_batches(
     batches: Iterable[Batch],
     cfg: DatasetWriteConfig,
     bar: Any,
+    writers: dict[str, _ArrayWriter],
 ) -> DatasetLayout:
+    """Write every batch (``writers`` is filled with the array writers used)."""
     it = iter(batches)
-    writers: dict[str, _ArrayWriter] = {}
     if layout is None:
         first = next(it, None)
         if first is None:
             raise ShapeError("the source holds no samples (no batches)")
         layout = _new_layout(first, cfg)
-        writers = {p: _ArrayWriter(store, a, None) for p, a in layout.arrays.items()}
+        writers.update({p: _ArrayWriter(store, a, None) for p, a in layout.arrays.items()})
         it = _chain(first, it)
     else:
-        writers = _resume_writers(store, layout)
+        writers.update(_resume_writers(store, layout))
     try:
         return _write_all(layout, writers, it, bar)
     except BaseException:
@@ -250,15 +242,18 @@ def write_dataset(
     url: str | os.PathLike[str],
     source: Any,
     *,
-    chunk_rows: int | None = None,
-    chunk_bytes: int | str = "1MiB",
-    shard_bytes: int | str = "128MiB",
-    codec: str | None = None,
+    chunk_rows: int | None = DatasetWriteConfig.chunk_rows,
+    chunk_bytes: int | str = DatasetWriteConfig.chunk_bytes,
+    shard_bytes: int | str = DatasetWriteConfig.shard_bytes,
+    codec: str | None = DatasetWriteConfig.codec,
     storage_options: Mapping[str, Any] | None = None,
     mode: Literal["w", "a"] = "w",
     columns: Iterable[str] | None = None,
     variable: Iterable[str] = (),
     progress: bool = False,
+    overwrite: bool = False,
+    durable: bool = DatasetWriteConfig.durable,
+    lock_timeout: float = DatasetWriteConfig.lock_timeout,
 ) -> DatasetLayout:
     """Write ``source`` as a dataset at ``url``; returns the layout written.
 
@@ -269,7 +264,10 @@ def write_dataset(
     chunk_rows: samples per inner chunk (default: about ``chunk_bytes`` of all columns).
     shard_bytes: target bytes per shard object. codec: None, "zstd[:level]" or "gzip[:level]".
     mode: "w" replaces atomically; "a" appends samples (the layout and codec of the existing
-    dataset are kept; ``chunk_rows``/``codec`` are then ignored).
+    dataset are kept; ``chunk_rows``/``codec`` are then ignored). Concurrent appends wait for
+    each other (up to ``lock_timeout`` seconds, then ConcurrentWriteError) and all land.
+    overwrite: replacing a bigstore tensor store with a dataset needs it.
+    durable: fsync what was written before the commit (local stores).
     """
     if mode not in ("w", "a"):
         raise InvalidKeyError(f"mode must be 'w' or 'a', got {mode!r}")
@@ -277,41 +275,63 @@ def write_dataset(
         chunk_rows=chunk_rows,
         chunk_bytes=parse_bytes(chunk_bytes),
         shard_bytes=parse_bytes(shard_bytes),
-        codec=parse_codec(codec),
+        codec=parse_codec(codec).spec,
+        durable=durable,
+        lock_timeout=lock_timeout,
     )
     batches = iter_batches(source, columns=columns, variable=variable)
     target = open_store(url, storage_options)
-    bar = _progress(progress)
+    bar = progress_bar(progress, f"write_dataset {os.fspath(url)}", unit="samples")
     try:
         if mode == "a":
-            from .dataset import read_layout
-
-            try:
-                layout = read_layout(target)
-            except StoreNotFoundError:
-                layout = None
-            if layout is not None:
-                new = _write_batches(target, layout, batches, cfg, bar)
-                _commit(target, new)
-                return new
-        check_replaceable(target)
-        stage = make_staging(target)
-        try:
-            new = _write_batches(stage, None, batches, cfg, bar)
-            _commit(stage, new)
-            publish(stage, target)
-        except BaseException:
-            discard(stage)
-            raise
-        return new
+            with target.write_lock(cfg.lock_timeout):  # from reading the layout to the commit
+                layout = _existing(target)
+                if layout is not None:
+                    return _append(target, layout, batches, cfg, bar)
+                return _replace(target, batches, cfg, bar, overwrite, locked=True)
+        return _replace(target, batches, cfg, bar, overwrite, locked=False)
     finally:
         if bar is not None:
             bar.close()
 
 
-def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def _existing(target: Store) -> DatasetLayout | None:
+    from .dataset import read_layout
 
-    return tqdm(desc="write_dataset", unit=" samples", unit_scale=True)
+    try:
+        return read_layout(target)
+    except StoreNotFoundError:
+        return None
+
+
+def _append(
+    target: Store, layout: DatasetLayout, batches: Iterable[Batch], cfg: DatasetWriteConfig,
+    bar: Any,
+) -> DatasetLayout:
+    writers: dict[str, _ArrayWriter] = {}
+    new = _write_batches(target, layout, batches, cfg, bar, writers)
+    if cfg.durable:
+        target.flush([k for w in writers.values() for k in w.written])
+    _commit(target, new)
+    return new
+
+
+def _replace(
+    target: Store, batches: Iterable[Batch], cfg: DatasetWriteConfig, bar: Any,
+    overwrite: bool, *, locked: bool,
+) -> DatasetLayout:
+    check_replaceable(target, "dataset", overwrite=overwrite)
+    stage = make_staging(target)
+    try:
+        new = _write_batches(stage, None, batches, cfg, bar, {})
+        _commit(stage, new)
+        if locked:
+            publish(stage, target, durable=cfg.durable)
+        else:
+            with target.write_lock(cfg.lock_timeout):
+                check_replaceable(target, "dataset", overwrite=overwrite)
+                publish(stage, target, durable=cfg.durable)
+    except BaseException:
+        discard(stage)
+        raise
+    return new

@@ -1,12 +1,13 @@
-"""The on-disk format: Zarr v3 metadata in and out, dtypes, chunk codecs. See FORMAT.md."""
+"""The on-disk format: Zarr v3 metadata in and out, dtypes, chunk codecs, shards. See FORMAT.md."""
 
+from .array import ArrayLayout, check_name, choose_chunk_rows, parse_array_doc
 from .codecs import ChunkCodec, crc32c_of, parse_codec
 from .dtypes import DTypeSpec, dtype_spec
-from .metadata import TensorMeta, check_tensor_name, choose_chunk_rows
 from .root import FORMAT_VERSION, ROOT_KEY, RootDoc, read_root, write_root
+from .shard import EMPTY, encode_shard, parse_index
 
 __all__ = [
-    "FORMAT_VERSION", "ROOT_KEY", "ChunkCodec", "DTypeSpec", "RootDoc", "TensorMeta",
-    "check_tensor_name", "choose_chunk_rows", "crc32c_of", "dtype_spec", "parse_codec",
-    "read_root", "write_root",
+    "EMPTY", "FORMAT_VERSION", "ROOT_KEY", "ArrayLayout", "ChunkCodec", "DTypeSpec", "RootDoc",
+    "check_name", "choose_chunk_rows", "crc32c_of", "dtype_spec", "encode_shard",
+    "parse_array_doc", "parse_codec", "parse_index", "read_root", "write_root",
 ]

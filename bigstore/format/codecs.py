@@ -1,8 +1,10 @@
-"""The chunk codec chains bigstore writes and reads: ``bytes`` [+ zstd | gzip] + ``crc32c``.
+"""The chunk codec chains bigstore writes and reads: ``bytes`` [+ zstd | gzip] [+ ``crc32c``].
 
 Compression is numcodecs' (the same implementation zarr's ZstdCodec/GzipCodec call), so chunks
 are byte-identical to what zarr-python would write. The crc32c is the Zarr v3 ``crc32c`` codec:
-4 little-endian bytes appended to the encoded chunk.
+4 little-endian bytes appended to the encoded chunk. bigstore always writes it; a chain without
+it is read (arrays bigstore did not write, e.g. a safetensors file seen as a store) but then
+nothing can be checked.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class ChunkCodec:
 
     compressor: str | None  # None: raw bytes (memory-mappable, read with zero copies)
     level: int = 0
+    checksum: bool = True  # a crc32c follows the encoded bytes
 
     @property
     def raw(self) -> bool:
@@ -71,7 +74,8 @@ class ChunkCodec:
             chain.append(ZstdCodec(level=self.level, checksum=False))
         elif self.compressor == "gzip":
             chain.append(GzipCodec(level=self.level))
-        chain.append(Crc32cCodec())
+        if self.checksum:
+            chain.append(Crc32cCodec())
         return chain
 
     @classmethod
@@ -80,21 +84,22 @@ class ChunkCodec:
         from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
         names = [type(c).__name__ for c in codecs]
+        checksum = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+        body = list(codecs[:-1] if checksum else codecs)
         ok = (
-            len(codecs) in (2, 3)
-            and isinstance(codecs[0], BytesCodec)
-            and (codecs[0].endian is None or codecs[0].endian.value == "little")
-            and isinstance(codecs[-1], Crc32cCodec)
+            len(body) in (1, 2)
+            and isinstance(body[0], BytesCodec)
+            and (body[0].endian is None or body[0].endian.value == "little")
         )
-        if ok and len(codecs) == 2:
-            return cls(None, 0)
-        if ok and isinstance(codecs[1], ZstdCodec) and not codecs[1].checksum:
-            return cls("zstd", codecs[1].level)
-        if ok and isinstance(codecs[1], GzipCodec):
-            return cls("gzip", codecs[1].level)
+        if ok and len(body) == 1:
+            return cls(None, 0, checksum)
+        if ok and isinstance(body[1], ZstdCodec) and not body[1].checksum:
+            return cls("zstd", body[1].level, checksum)
+        if ok and isinstance(body[1], GzipCodec):
+            return cls("gzip", body[1].level, checksum)
         raise UnsupportedCodecError(
             f"{where}: codec chain {names} is not one bigstore reads "
-            "(bytes[little] [+ zstd|gzip] + crc32c)"
+            "(bytes[little] [+ zstd|gzip] [+ crc32c])"
         )
 
     # -- bytes --------------------------------------------------------------------------------
@@ -110,17 +115,23 @@ class ChunkCodec:
     def encode(self, raw: memoryview) -> list[Any]:
         """The stored object as buffers to write back to back (no copy when uncompressed)."""
         payload: Any = raw if self.raw else self._numcodec().encode(raw)
+        if not self.checksum:
+            return [payload]
         crc = np.array([crc32c_of([payload])], dtype="<u4")
         return [payload, crc.tobytes()]
 
     def decode_into(self, blob: Any, out: memoryview, *, verify: bool, where: str) -> None:
         """Check and decode one stored object into ``out`` (exactly one full chunk of bytes)."""
         view = memoryview(blob).cast("B")
-        if view.nbytes < CRC_BYTES:
-            raise TruncatedChunkError(f"{where}: {view.nbytes} bytes, too short to hold a chunk")
-        payload = view[: view.nbytes - CRC_BYTES]
-        if verify:
-            check_crc([payload], view[view.nbytes - CRC_BYTES :], where)
+        payload = view
+        if self.checksum:
+            if view.nbytes < CRC_BYTES:
+                raise TruncatedChunkError(
+                    f"{where}: {view.nbytes} bytes, too short to hold a chunk"
+                )
+            payload = view[: view.nbytes - CRC_BYTES]
+            if verify:
+                check_crc([payload], view[view.nbytes - CRC_BYTES :], where)
         if self.raw:
             if payload.nbytes != out.nbytes:
                 raise TruncatedChunkError(

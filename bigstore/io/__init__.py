@@ -1,9 +1,20 @@
-"""Executors: they carry out plans with bounded concurrency into buffers the caller owns."""
+"""Executors: they carry out plans with bounded concurrency into buffers the caller owns.
 
-from .chunks import can_map, map_tensor, read_chunk_rows, verify_chunk, verify_mapped_chunk
+``reader`` (chunks -> buffers: read, crc, decode), ``mapping`` (zero-copy arrays), ``producer``
+(the background thread working ahead), ``device`` (CPU fill | CUDA ring), ``buffers`` (host,
+huge-page and pinned memory), ``executor`` (the shared, fork-safe pool).
+"""
+
+from .buffers import BufferPool, host_array, host_buffer, pinned_buffer
+from .device import CpuFiller, CudaFiller, Filler, FillRequest, make_filler, plan_pieces
 from .executor import Executor, get_executor
+from .mapping import MappedArray, MappedRegion, map_objects, mappable
+from .producer import Producer, State, StoppedError, Worker
+from .reader import ChunkReader, RowRequest, byte_view
 
 __all__ = [
-    "Executor", "can_map", "get_executor", "map_tensor", "read_chunk_rows", "verify_chunk",
-    "verify_mapped_chunk",
+    "BufferPool", "ChunkReader", "CpuFiller", "CudaFiller", "Executor", "FillRequest", "Filler",
+    "MappedArray", "MappedRegion", "Producer", "RowRequest", "State", "StoppedError", "Worker",
+    "byte_view", "get_executor", "host_array", "host_buffer", "make_filler", "map_objects",
+    "mappable", "pinned_buffer", "plan_pieces",
 ]

@@ -7,7 +7,6 @@ one gets a fresh pool, never the parent's (whose threads do not exist in the chi
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from ..config import default_io_threads
+from ..forksafe import PerProcess
 
 __all__ = ["Executor", "get_executor"]
 
@@ -22,11 +22,22 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+_local = threading.local()
+
+
 class Executor:
     def __init__(self, threads: int, name: str = "bigstore-io") -> None:
         self.threads = threads
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
-        self._pid = os.getpid()
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix=name, initializer=self._mark
+        )
+
+    def _mark(self) -> None:
+        _local.pool = self
+
+    def on_worker(self) -> bool:
+        """True on one of this pool's own threads."""
+        return getattr(_local, "pool", None) is self
 
     def submit(self, fn: Callable[..., R], *args: object) -> Future[R]:
         return self._pool.submit(fn, *args)
@@ -36,8 +47,14 @@ class Executor:
     ) -> Iterator[R]:
         """``fn`` over ``items`` in order, at most ``in_flight`` running or done-but-unread.
 
-        On the first error, pending work is cancelled and the error raised.
+        On the first error, pending work is cancelled and the error raised. Called from one of
+        the pool's own threads, it runs ``fn`` there, in order: waiting on the pool from inside
+        it could deadlock once every thread waits.
         """
+        if self.on_worker():
+            for item in items:
+                yield fn(item)
+            return
         limit = in_flight or 2 * self.threads
         window: deque[Future[R]] = deque()
         it = iter(items)
@@ -59,25 +76,14 @@ class Executor:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-_lock = threading.Lock()
-_shared: dict[int, Executor] = {}
+# one pool per size, per process: a forked child never sees the parent's (it has no threads)
+_shared: dict[int, PerProcess[Executor]] = {}
 
 
 def get_executor(threads: int = 0) -> Executor:
     """The process-wide pool with ``threads`` workers (0: the default count)."""
     n = threads or default_io_threads()
-    with _lock:
-        ex = _shared.get(n)
-        if ex is None or ex._pid != os.getpid():
-            ex = _shared[n] = Executor(n)
-        return ex
-
-
-def _after_fork_in_child() -> None:
-    # The parent's pools have no threads in the child; forget them (do not shut them down).
-    global _lock
-    _shared.clear()
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+    holder = _shared.get(n)
+    if holder is None:  # setdefault is atomic: racing callers end up with one holder
+        holder = _shared.setdefault(n, PerProcess(lambda: Executor(n)))
+    return holder.get()

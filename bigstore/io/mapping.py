@@ -1,57 +1,50 @@
-"""Zero-copy tensors over chunk files: several files mapped back to back into one address range.
+"""Zero-copy arrays: an array's chunk objects mapped back to back into one address range.
 
-A tensor chunked into several files is still one contiguous tensor: reserve its address range,
-then ``mmap`` each chunk file over its slice with ``MAP_FIXED``. Mappings are ``MAP_PRIVATE``:
-writing to the tensor copies the page and never touches the file. This needs every chunk but the
-last to be a whole number of pages, which the writer arranges (see ``choose_chunk_rows``).
+Reserve the range, then ``mmap`` each object over its slice with ``MAP_FIXED``. Mappings are
+``MAP_PRIVATE``: writing to the memory copies the page and never touches the file. A tensor
+chunked into several files is still one contiguous tensor, which needs every chunk but the last
+to be a whole number of pages (the writer arranges it, see ``choose_chunk_rows``); a dataset
+column's shards are mapped at a page-rounded stride and each inner chunk found at a precomputed
+offset (``chunk_base``).
+
+A :class:`MappedArray` also keeps the one record of which chunks were checked against their
+crc32c in this process: checking a chunk is what reads it from disk (the crc pass faults the
+pages in), and a chunk whose pages stay cached need not be checked again.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import mmap
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "MADV_POPULATE_READ", "MADV_WILLNEED", "PAGE", "MappedRegion", "map_files", "mmap_supported",
-]
+import numpy as np
 
-PAGE = mmap.PAGESIZE
-MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", 3)
-# Linux >= 5.14: fill the page tables now, read-only, without copying a page (MAP_POPULATE
-# would copy every page of a writable private mapping). Older kernels refuse it harmlessly.
-MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
-_libc: Any = None
+from .. import posix
+from ..errors import CorruptChunkError, StoreNotFoundError, TruncatedChunkError
+from ..format import ArrayLayout
+from ..format.codecs import CRC_BYTES, check_crc
+from ..store import Store
+from .executor import get_executor
 
+__all__ = ["MappedArray", "MappedRegion", "map_objects", "mappable"]
 
-def _lib() -> Any:
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        lib.mmap.restype = ctypes.c_void_p
-        lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                             ctypes.c_int, ctypes.c_long]
-        lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        lib.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        _libc = lib
-    return _libc
-
-
-@functools.cache
-def mmap_supported() -> bool:
-    # cached: find_library runs `ldconfig -p` in a subprocess (~2 ms) every time
-    return os.name == "posix" and bool(ctypes.util.find_library("c"))
+PAGE = posix.PAGE
 
 
 class MappedRegion:
-    """Owns one address range; numpy arrays made from it keep it (and the mapping) alive."""
+    """Owns one address range; numpy arrays made from it keep it (and the mapping) alive.
 
-    def __init__(self, addr: int, length: int) -> None:
-        self.addr, self.length = addr, length
+    ``addr``/``length``: the data (may start inside the first page, for a single object that
+    starts at an unaligned file offset); the whole mapping is unmapped when this object dies.
+    """
+
+    def __init__(self, map_addr: int, map_length: int, skip: int = 0, length: int = 0) -> None:
+        self._map = (map_addr, map_length)
+        self.addr = map_addr + skip
+        self.length = length if length else map_length - skip
 
     @property
     def __array_interface__(self) -> dict[str, Any]:
@@ -59,56 +52,182 @@ class MappedRegion:
                 "version": 3}
 
     def view(self, start: int = 0, stop: int | None = None) -> memoryview:
+        import ctypes
+
         stop = self.length if stop is None else stop
         return memoryview((ctypes.c_char * (stop - start)).from_address(self.addr + start)).cast(
             "B"
         )
 
     def advise(self, advice: int, start: int = 0, stop: int | None = None) -> None:
-        """``madvise`` bytes [start, stop) of the region (widened to whole pages)."""
-        lo = (start // PAGE) * PAGE
-        hi = self.length if stop is None else min(self.length, stop)
+        """``madvise`` bytes [start, stop) of the data (widened to whole pages)."""
+        lo = ((self.addr + start) // PAGE) * PAGE
+        hi = self.addr + (self.length if stop is None else min(self.length, stop))
         if hi > lo:
-            _lib().madvise(self.addr + lo, hi - lo, advice)
+            posix.madvise(lo, hi - lo, advice)
+
+    def resident_fraction(self) -> float:
+        """The share of the region's pages in memory now (``mincore``)."""
+        if not self.length:
+            return 1.0
+        lo = (self.addr // PAGE) * PAGE
+        pages = posix.mincore(lo, self.addr + self.length - lo)
+        return sum(b & 1 for b in pages) / max(1, len(pages))
 
     def __del__(self) -> None:
-        if self.length and _libc is not None:
-            _libc.munmap(self.addr, self.length)
-            self.length = 0
+        addr, length = self._map
+        if length:
+            posix.munmap(addr, length)
+            self._map = (0, 0)
 
 
-def map_files(
-    paths: Sequence[str | os.PathLike[str]], stride: int, lengths: Sequence[int]
-) -> MappedRegion:
-    """Map file ``i``'s first ``lengths[i]`` bytes at offset ``i * stride`` of one region.
+def map_objects(objects: Sequence[tuple[str, int, int]], stride: int) -> MappedRegion:
+    """Map each (path, file offset, length) at ``i * stride`` of one region.
 
-    Raises EOFError when a file is shorter than its length (touching such a mapping past the
-    end of the file would kill the process with SIGBUS, so it is never mapped).
+    Several objects need page-aligned offsets and stride; a single one may start anywhere.
+    Raises TruncatedChunkError-free EOFError when a file is shorter than its part (touching
+    such a mapping past the end of the file would kill the process with SIGBUS, so it is never
+    mapped).
     """
-    lib = _lib()
-    if len(paths) > 1 and stride % PAGE:
-        raise ValueError(f"chunk stride {stride} is not a multiple of the page size {PAGE}")
-    total = (len(paths) - 1) * stride + lengths[-1] if paths else 0
+    if not objects:
+        return MappedRegion(0, 0)
+    if len(objects) > 1 and (stride % PAGE or any(off % PAGE for _, off, _n in objects)):
+        raise ValueError(f"chunk stride {stride} or offsets not multiples of the page size")
+    skip = objects[0][1] % PAGE if len(objects) == 1 else 0
+    total = skip + (len(objects) - 1) * stride + objects[-1][2]
     if total == 0:
         return MappedRegion(0, 0)
     prot = mmap.PROT_READ | mmap.PROT_WRITE
-    prot_none = 0  # the mmap module does not export PROT_NONE
-    base = lib.mmap(None, total, prot_none, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
-    if base in (None, ctypes.c_void_p(-1).value):
-        raise OSError(ctypes.get_errno(), "mmap reserve failed")
-    region = MappedRegion(base, total)  # unmaps everything on failure below
-    map_fixed = 0x10  # MAP_FIXED on Linux and the BSDs
-    for i, (p, n) in enumerate(zip(paths, lengths)):
-        fd = os.open(p, os.O_RDONLY)
+    base = posix.mmap_at(None, total, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    region = MappedRegion(base, total, skip)  # unmaps everything on failure below
+    for i, (path, off, n) in enumerate(objects):
+        if n == 0:
+            continue
+        fd = os.open(path, os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
-            if size < n:
-                raise EOFError(f"{p}: {size} bytes, expected at least {n}")
+            if os.fstat(fd).st_size < off + n:
+                raise EOFError(f"{path}: shorter than {off + n} bytes")
             # no MAP_POPULATE: on a writable private mapping it copies every page (measured 5x
             # slower than faulting pages in while the checksums are computed)
-            addr = lib.mmap(base + i * stride, n, prot, mmap.MAP_PRIVATE | map_fixed, fd, 0)
-            if addr != base + i * stride:
-                raise OSError(ctypes.get_errno(), f"mmap of {p} failed")
+            posix.mmap_at(base + i * stride, skip + n, prot, mmap.MAP_PRIVATE, fd, off - skip)
         finally:
             os.close(fd)
     return region
+
+
+def mappable(store: Store, layout: ArrayLayout) -> bool:
+    """True when ``layout``'s chunks can be mapped: uncompressed, on a local file system, and
+    (for tensors of several chunks) every chunk a whole number of pages."""
+    if not (posix.available() and layout.codec.raw and layout.n_chunks and layout.row_bytes):
+        return False
+    if not layout.sharded and layout.n_chunks > 1 and layout.chunk_nbytes % PAGE:
+        return False
+    if os.environ.get("BIGSTORE_NO_MMAP"):
+        return False
+    return store.local_file(layout.chunk_key(0)) is not None
+
+
+class MappedArray:
+    """One uncompressed array mapped into one region, and the record of its checked chunks."""
+
+    def __init__(self, store: Store, layout: ArrayLayout,
+                 verified: np.ndarray[Any, Any] | None = None, *, populate: bool = False) -> None:
+        """``verified``: the caller's record of checked chunks to keep (one byte per chunk),
+        when mappings of the same array come and go; a fresh one otherwise. ``populate``: fill
+        a chunk's page tables in one call before checking it (small chunks: far fewer faults)."""
+        self.store = store
+        self.populate = populate
+        self.layout = layout
+        n, stored = layout.n_chunks, layout.stored_chunk_nbytes
+        keys = layout.object_keys()
+        if layout.sharded:
+            lengths = [layout.chunks_in_shard(s) * stored for s in range(len(keys))]
+            need = [m + layout.index_nbytes for m in lengths]
+            stride = -(-max(lengths) // PAGE) * PAGE
+            ks = np.arange(n, dtype=np.int64)
+            cps = layout.chunks_per_shard
+            self.chunk_base = (ks // cps) * stride + (ks % cps) * stored
+        else:  # the data of each chunk file; its crc32c (after the data) is read separately
+            lengths = [layout.chunk_nbytes] * len(keys)
+            need = [stored] * len(keys)
+            stride = layout.chunk_nbytes
+            self.chunk_base = np.arange(n, dtype=np.int64) * stride
+        objects = []
+        for i, (key, length, want) in enumerate(zip(keys, lengths, need)):
+            loc = store.local_file(key)
+            assert loc is not None, "mappable() was not checked"
+            path, off = loc
+            try:
+                have = Path(path).stat().st_size - off
+            except FileNotFoundError:
+                first = i * layout.chunks_per_shard if layout.sharded else i
+                raise CorruptChunkError(
+                    f"{layout.where(first, store.url)}: chunk is missing"
+                ) from None
+            if have < want or (not layout.sharded and layout.codec.checksum and have != want):
+                first = i * layout.chunks_per_shard if layout.sharded else i
+                raise TruncatedChunkError(
+                    f"{layout.where(first, store.url)}: {have} bytes stored, expected {want}"
+                )
+            objects.append((path, off, length))
+        self.region = map_objects(objects, stride)
+        self.flat: np.ndarray[Any, Any] = (
+            np.asarray(self.region) if self.region.length else np.empty(0, np.uint8)
+        )
+        self.verified = verified if verified is not None else np.zeros(max(1, n), np.uint8)
+
+    def where(self, k: int) -> str:
+        return self.layout.where(k, self.store.url)
+
+    def data(self) -> np.ndarray[Any, Any]:
+        """The array's bytes (tensors: contiguous, exactly ``nbytes``)."""
+        return self.flat[: self.layout.nbytes] if not self.layout.sharded else self.flat
+
+    def advise(self, chunks: Sequence[int] | np.ndarray[Any, Any] | None = None,
+               advice: int = posix.MADV_WILLNEED) -> None:
+        """Advice on some chunks (all when None): WILLNEED starts reading them now."""
+        if chunks is None:
+            self.region.advise(advice)
+            return
+        n = self.layout.stored_chunk_nbytes
+        for b in self.chunk_base[np.asarray(chunks, np.int64)].tolist():
+            self.region.advise(advice, b, b + n)
+
+    def verify(self, chunks: Sequence[int] | np.ndarray[Any, Any] | None = None, *,
+               again: bool = False) -> int:
+        """Check the crc32c of ``chunks`` (all when None) not checked yet in this process (all
+        of them when ``again``: their pages were dropped, so the bytes come from disk anew),
+        several at once on the pool: cold, each check is a read, and the disk wants several in
+        flight. Returns the bytes checked."""
+        ks = range(self.layout.n_chunks) if chunks is None else np.asarray(chunks).tolist()
+        todo = [int(k) for k in ks if again or not self.verified[k]]
+        if not todo:
+            return 0
+        if len(todo) == 1:
+            self._verify_one(todo[0])
+        else:
+            for _ in get_executor().map(self._verify_one, todo):
+                pass
+        return sum(self.layout.chunk_rows_of(k) * self.layout.row_bytes for k in todo)
+
+    def _verify_one(self, k: int) -> None:
+        lay = self.layout
+        if lay.codec.checksum:
+            b, n = int(self.chunk_base[k]), lay.chunk_nbytes
+            if self.populate:
+                self.region.advise(posix.MADV_POPULATE_READ, b, b + lay.stored_chunk_nbytes)
+            data = self.region.view(b, b + n)
+            if lay.sharded:
+                crc: Any = self.region.view(b + n, b + n + CRC_BYTES)
+            else:
+                crc = memoryview(bytearray(CRC_BYTES))
+                try:
+                    self.store.read_into(lay.chunk_key(k), n, [crc])
+                except StoreNotFoundError:
+                    raise CorruptChunkError(f"{self.where(k)}: chunk is missing") from None
+            check_crc([data], crc, self.where(k))
+        self.verified[k] = 1
+
+    def forget(self) -> None:
+        """Forget which chunks were checked (their pages were dropped from the cache)."""
+        self.verified[:] = 0

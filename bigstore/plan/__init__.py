@@ -1,6 +1,6 @@
-"""Pure planners: no I/O. Their results are the I/O plan an executor carries out."""
+"""Pure planners: no I/O. Their results are the plans the executors in ``bigstore.io`` run."""
 
-from .coalesce import CoalescedRead, coalesce
+from .reads import ChunkRead, ReadOp, plan_reads
 from .rows import ChunkPiece, plan_rows
 
-__all__ = ["ChunkPiece", "CoalescedRead", "coalesce", "plan_rows"]
+__all__ = ["ChunkPiece", "ChunkRead", "ReadOp", "plan_reads", "plan_rows"]

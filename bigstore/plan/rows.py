@@ -1,4 +1,4 @@
-"""Rows of a tensor -> the chunks that hold them. Pure; the arithmetic runs in ``native``."""
+"""Rows of an array -> the chunks that hold them. Pure; the arithmetic runs in ``native``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import bigstore_native as native
 import numpy as np
 
-from ..format import TensorMeta
+from ..format import ArrayLayout
 
 __all__ = ["ChunkPiece", "plan_rows"]
 
@@ -22,13 +22,13 @@ class ChunkPiece:
     dst: int
 
 
-def plan_rows(meta: TensorMeta, start: int, stop: int) -> list[ChunkPiece]:
-    """The chunk pieces covering rows [start, stop) of ``meta``, in output order."""
-    if meta.nbytes == 0 or stop <= start:
+def plan_rows(layout: ArrayLayout, start: int, stop: int) -> list[ChunkPiece]:
+    """The chunk pieces covering rows [start, stop) of ``layout``, in output order."""
+    if layout.n_chunks == 0 or layout.row_bytes == 0 or stop <= start:
         return []
-    if not meta.shape:
+    if not layout.shape:
         return [ChunkPiece(0, 0, 1, 0)]
     chunk, lo, hi, dst = native.chunk_spans(
-        np.array([start], np.int64), np.array([stop], np.int64), meta.chunk_rows
+        np.array([start], np.int64), np.array([stop], np.int64), layout.chunk_rows
     )
     return [ChunkPiece(int(c), int(a), int(b), int(d)) for c, a, b, d in zip(chunk, lo, hi, dst)]

@@ -8,13 +8,14 @@ from typing import Any
 
 from ..errors import InvalidURLError
 from ._base import Buffer, ByteRange, Store, check_key, join_key
+from ._cache import CachedStore, default_cache_dir
 from ._fsspec import FsspecStore
 from ._local import LocalStore
 from ._memory import MemoryStore
 
 __all__ = [
-    "Buffer", "ByteRange", "FsspecStore", "LocalStore", "MemoryStore", "Store",
-    "check_key", "join_key", "open_store", "is_local_url", "local_path",
+    "Buffer", "ByteRange", "CachedStore", "FsspecStore", "LocalStore", "MemoryStore", "Store",
+    "check_key", "default_cache_dir", "join_key", "open_store", "is_local_url", "local_path",
 ]
 
 # Install hints for fsspec protocols whose backend lives in another package.

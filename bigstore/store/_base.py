@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from ..errors import InvalidKeyError, TruncatedChunkError
@@ -56,12 +57,18 @@ def join_key(*parts: str) -> str:
 
 
 class Store(ABC):
-    """Bytes by key. Implementations must be safe to call from several threads at once."""
+    """Bytes by key. Implementations must be safe to call from several threads at once.
+
+    Capabilities beyond plain bytes are optional methods with a neutral default, so callers
+    ask the store instead of testing its type: :meth:`local_file` (memory-mappable objects),
+    :meth:`replace_with` (atomic publication), :meth:`staging` (where writers stage),
+    :meth:`version` (detect a replaced object).
+    """
 
     #: True when :meth:`read_into` avoids an intermediate copy (local files: preadv).
     zero_copy_reads: bool = False
-    #: True when writes to a fresh location can be made atomic by renaming (local files).
-    supports_rename: bool = False
+    #: True when bytes cross a network to get here: worth a local cache (object storage).
+    is_remote: bool = False
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -123,9 +130,50 @@ class Store(ABC):
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object under ``prefix``; ``""`` removes the whole store."""
 
+    # -- capabilities (neutral defaults) ------------------------------------------------------
+    def local_file(self, key: str) -> tuple[str, int] | None:
+        """Where the object lies on a local file system, so it can be memory-mapped: (path of
+        the file holding it, offset of its first byte there); None for other stores."""
+        return None
+
+    def version(self, key: str) -> str | None:
+        """A token that changes whenever the object is replaced (ETag, mtime...), or None when
+        the backend has none. Missing objects raise StoreNotFoundError."""
+        return None
+
+    def staging(self, tag: str) -> Store:
+        """A store beside this one (its URL + ``tag``), for a writer to stage into."""
+        from . import open_store
+
+        return open_store(self.url + tag)
+
+    def put_if_absent(self, key: str, data: Buffer) -> bool:
+        """Create ``key`` only if it does not exist; False when it did. Backends with a
+        conditional put make this atomic; the default checks first (not atomic)."""
+        if self.exists(key):
+            return False
+        self.put(key, data)
+        return True
+
+    def write_lock(self, timeout: float) -> AbstractContextManager[None]:
+        """Hold the store's writer lock (see :mod:`bigstore.store.lock`); waits up to
+        ``timeout`` seconds, then raises ConcurrentWriteError."""
+        from .lock import lease_lock
+
+        return lease_lock(self.staging(".bigstore-lock"), self.url, timeout)
+
+    def replace_with(self, stage: Store) -> bool:
+        """Make this store's contents exactly ``stage``'s in one atomic step, consuming
+        ``stage``; False when the backend cannot (the caller then copies, commit marker last)."""
+        return False
+
     # -- cache hints (no-ops where meaningless) -----------------------------------------------
     def drop_cache(self, key: str) -> None:  # noqa: B027 - optional hook
         """Ask the OS to forget cached pages of ``key`` (local files only)."""
+
+    def flush(self, keys: Sequence[str] | None = None) -> None:  # noqa: B027 - optional hook
+        """Make the objects ``keys`` (all when None) durable (local files: fsync), called by
+        writers before they commit. Object stores are durable once a put returns."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release handles; the store stays usable (handles reopen lazily)."""

@@ -1,8 +1,9 @@
 """A bounded local cache in front of a remote store (object storage).
 
 What it keeps: whole chunk objects (``get``) and byte ranges of shard objects (``get_ranges``),
-one local file each, under ``<cache_dir>/bigstore-cache-v1/<namespace>/``. Metadata
-(``zarr.json``) always comes from the remote.
+one local file each, under ``<cache_dir>/bigstore-cache-v2/<namespace>/<key hash>/``. Metadata
+(``zarr.json``) always comes from the remote. Writes go through to the remote and drop what the
+cache held for the key, so the cached view obeys the same Store contract as any backend.
 
 Why it is safe:
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -34,9 +37,10 @@ from ._base import Buffer, ByteRange, Store
 
 __all__ = ["CachedStore", "default_cache_dir"]
 
-_SUBDIR = "bigstore-cache-v1"
+_SUBDIR = "bigstore-cache-v2"
 _SUFFIX = ".blk"
 _ROOT_KEY = "zarr.json"
+_SPAN = re.compile(r"^(whole|[0-9]+-[0-9]+)$")
 
 
 def default_cache_dir() -> str:
@@ -47,15 +51,7 @@ def _fingerprint(remote: Store) -> str:
     h = hashlib.sha256(remote.url.encode() + b"\0")
     with contextlib.suppress(FileNotFoundError):  # no store: reads fail with the remote's error
         h.update(bytes(memoryview(remote.get(_ROOT_KEY)).cast("B")))
-    fs = getattr(remote, "fs", None)
-    if fs is not None:
-        try:
-            info = fs.info(remote._path(_ROOT_KEY))  # type: ignore[attr-defined]
-        except (OSError, ValueError):
-            info = {}
-        for k in ("ETag", "ETAG", "etag", "LastModified", "mtime", "created", "generation"):
-            if k in info:
-                h.update(f"{k}={info[k]}".encode())
+        h.update(str(remote.version(_ROOT_KEY)).encode())
     return h.hexdigest()[:20]
 
 
@@ -93,10 +89,13 @@ class CachedStore(Store):
             self._namespace = _fingerprint(self.remote)
         return self.base / self._namespace
 
+    def _key_dir(self, key: str) -> Path:
+        h = hashlib.sha256(key.encode()).hexdigest()
+        return self.dir / h[:2] / h[2:40]
+
     def _file(self, key: str, r: ByteRange | None) -> Path:
         span = "whole" if r is None else f"{r.start}-{r.end}"
-        h = hashlib.sha256(f"{key}\0{span}".encode()).hexdigest()
-        return self.dir / h[:2] / f"{h[2:40]}{_SUFFIX}"
+        return self._key_dir(key) / f"{span}{_SUFFIX}"
 
     def _lookup(self, path: Path, length: int | None) -> Buffer | None:
         try:
@@ -168,11 +167,14 @@ class CachedStore(Store):
             for sub in ns.iterdir():
                 if not sub.is_dir() or len(sub.name) != 2:
                     continue
-                for f in sub.iterdir():
-                    if f.suffix == _SUFFIX and len(f.stem) == 38:  # only our naming scheme
-                        with contextlib.suppress(FileNotFoundError):
-                            st = f.stat()
-                            yield st.st_mtime, st.st_size, f
+                for kd in sub.iterdir():
+                    if not kd.is_dir() or len(kd.name) != 38:
+                        continue
+                    for f in kd.iterdir():
+                        if f.suffix == _SUFFIX and _SPAN.match(f.stem):  # only our naming
+                            with contextlib.suppress(FileNotFoundError):
+                                st = f.stat()
+                                yield st.st_mtime, st.st_size, f
 
     def cached_bytes(self) -> int:
         return sum(size for _, size, _ in self._own_files())
@@ -188,24 +190,38 @@ class CachedStore(Store):
                 f.unlink()
             total -= size
 
-    # -- everything else goes to the remote; writes are refused -------------------------------
+    # -- everything else goes to the remote; writes go through and invalidate ----------------
     def exists(self, key: str) -> bool:
         return self.remote.exists(key)
 
     def size(self, key: str) -> int:
         return self.remote.size(key)
 
+    def version(self, key: str) -> str | None:
+        return self.remote.version(key)
+
     def list(self, prefix: str = "") -> Iterator[str]:
         return self.remote.list(prefix)
 
+    def _invalidate(self, key: str) -> None:
+        if key.rsplit("/", 1)[-1] == _ROOT_KEY and "/" not in key:
+            self._namespace = None  # a new commit marker: a new namespace
+            return
+        shutil.rmtree(self._key_dir(key), ignore_errors=True)
+
     def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
-        raise PermissionError(f"{self.url}: a cached view of a store is read-only")
+        self.remote.put(key, data)
+        self._invalidate(key)
 
     def delete(self, key: str) -> None:
-        raise PermissionError(f"{self.url}: a cached view of a store is read-only")
+        self.remote.delete(key)
+        self._invalidate(key)
 
     def delete_prefix(self, prefix: str) -> None:
-        raise PermissionError(f"{self.url}: a cached view of a store is read-only")
+        keys = list(self.remote.list(prefix))
+        self.remote.delete_prefix(prefix)
+        for k in keys:
+            self._invalidate(k)
 
     def close(self) -> None:
         self.remote.close()

@@ -9,61 +9,62 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import StoreNotFoundError
+from ..forksafe import PerProcess
 from ._base import Buffer, ByteRange, Store, check_key
 
 __all__ = ["FsspecStore"]
 
 
 class FsspecStore(Store):
-    def __init__(
-        self,
-        url: str,
-        *,
-        storage_options: Mapping[str, Any] | None = None,
-        fs: Any = None,
-        root: str | None = None,
-    ) -> None:
+    is_remote = True
+
+    def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url.rstrip("/"))
         self.storage_options = dict(storage_options or {})
-        self._fs = fs
-        self._root = root
-        self._pid = os.getpid() if fs is not None else -1
-        self._lock = threading.Lock()
+        self._root: str | None = None
+        self._made_in = os.getpid()
+        # the client (with its event loop and sockets) belongs to one process; pickling ships
+        # the URL and options only, and a forked child makes its own
+        self._client: PerProcess[Any] = PerProcess(self._connect)
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickled into spawn/forkserver workers: ship the URL and options, never the client.
-        state = self.__dict__.copy()
-        state["_fs"] = None
-        state["_pid"] = -1
-        state["_lock"] = None
-        return state
+    def _connect(self) -> Any:
+        import fsspec
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        opts = dict(self.storage_options)
+        if os.getpid() != self._made_in:  # a cached instance would hold the parent's loop
+            opts["skip_instance_cache"] = True
+        try:
+            fs, root = fsspec.core.url_to_fs(self.url, **opts)
+        except TypeError as e:  # an option the filesystem does not take
+            from ..errors import InvalidURLError
+
+            raise InvalidURLError(f"{self.url}: bad storage options ({e})") from None
+        self._root = root.rstrip("/")
+        return fs
 
     @property
     def fs(self) -> Any:
-        with self._lock:
-            if self._fs is None or self._pid != os.getpid():
-                import fsspec
+        return self._client.get()
 
-                opts = dict(self.storage_options)
-                if self._pid != -1:  # re-made after fork: a cached instance holds the parent's loop
-                    opts["skip_instance_cache"] = True
-                fs, root = fsspec.core.url_to_fs(self.url, **opts)
-                self._fs, self._root, self._pid = fs, root.rstrip("/"), os.getpid()
-            return self._fs
+    def __getstate__(self) -> dict[str, Any]:
+        # spawn/forkserver workers get the URL and options, never a client
+        return {"url": self.url, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], storage_options=state["storage_options"])  # type: ignore[misc]
+
+    @property
+    def root(self) -> str:
+        """The store's root path inside its filesystem (known once the client exists)."""
+        self._client.get()
+        return self._root or ""
 
     def _path(self, key: str) -> str:
-        fs = self.fs
-        del fs
-        return f"{self._root}/{check_key(key)}"
+        return f"{self.root}/{check_key(key)}"
 
     def _missing(self, key: str) -> StoreNotFoundError:
         return StoreNotFoundError(f"{self.url}/{key} does not exist")
@@ -111,6 +112,33 @@ class FsspecStore(Store):
     def exists(self, key: str) -> bool:
         return bool(self.fs.isfile(self._path(key)))
 
+    def version(self, key: str) -> str | None:
+        try:
+            info = self.fs.info(self._path(key))
+        except FileNotFoundError:
+            raise self._missing(key) from None
+        parts = [f"{k}={info[k]}" for k in ("ETag", "ETAG", "etag", "LastModified", "mtime",
+                                             "created", "generation", "size") if k in info]
+        return ";".join(parts) or None
+
+    def put_if_absent(self, key: str, data: Buffer) -> bool:
+        path = self._path(key)
+        payload = bytes(memoryview(data).cast("B"))
+        if self.fs.protocol in ("s3", "s3a") or "s3" in tuple(self.fs.protocol):
+            try:
+                self.fs.pipe_file(path, payload, mode="create")  # If-None-Match: *
+            except FileExistsError:
+                return False
+            except OSError:
+                if self.fs.exists(path):  # a precondition failure reported as another errno
+                    return False
+                raise
+            return True
+        return super().put_if_absent(key, payload)
+
+    def staging(self, tag: str) -> FsspecStore:
+        return FsspecStore(self.url + tag, storage_options=self.storage_options)
+
     def size(self, key: str) -> int:
         try:
             return int(self.fs.size(self._path(key)))
@@ -118,14 +146,14 @@ class FsspecStore(Store):
             raise self._missing(key) from None
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        base = self._path(prefix) if prefix else self._root or ""
+        base = self._path(prefix) if prefix else self.root
         try:
             found = self.fs.find(base)
         except FileNotFoundError:
             return
-        root = (self._root or "").rstrip("/") + "/"
+        root = self.root.rstrip("/") + "/"
         for p in found:
-            p = p if not self._root or p.startswith(root) else "/" + p  # memory:// drops '/'
+            p = p if not self.root or p.startswith(root) else "/" + p  # memory:// drops '/'
             if p.startswith(root):
                 yield p[len(root) :]
 
@@ -141,7 +169,7 @@ class FsspecStore(Store):
             self.fs.rm_file(self._path(key))
 
     def delete_prefix(self, prefix: str) -> None:
-        base = self._path(prefix) if prefix else self._root or ""
+        base = self._path(prefix) if prefix else self.root
         try:
             if self.fs.exists(base):
                 self.fs.rm(base, recursive=True)

@@ -6,10 +6,13 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal
 
-from ..errors import StoreNotFoundError, TruncatedChunkError
+from .. import posix
+from ..errors import NotAStoreError, StoreNotFoundError, TruncatedChunkError
+from ..forksafe import PerProcess
 from ._base import Buffer, ByteRange, Store, check_key
 
 __all__ = ["LocalStore"]
@@ -31,56 +34,32 @@ class LocalStore(Store):
     """
 
     zero_copy_reads = True
-    supports_rename = True
 
     def __init__(self, root: str | os.PathLike[str], *, access: Access = "sequential") -> None:
         self.root = Path(root).expanduser().absolute()
         super().__init__(str(self.root))
+        if self.root.exists() and not self.root.is_dir():
+            raise NotAStoreError(f"{self.root} is a file, not a store (a store is a directory)")
         self.access: Access = access
         # Open descriptors are cached (dataset reads hit the same shard many times); the cache
         # belongs to one process: after fork the child starts with an empty one.
-        self._fds: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._fds: PerProcess[_FdCache] = PerProcess(_FdCache)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    # -- descriptors --------------------------------------------------------------------------
     def _fd(self, key: str) -> int:
-        with self._lock:
-            if self._pid != os.getpid():
-                self._fds = {}
-                self._pid = os.getpid()
-            fd = self._fds.get(key)
-            if fd is not None:
-                return fd
-            try:
-                fd = os.open(self._path(key), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except FileNotFoundError:
-                raise StoreNotFoundError(f"{self.url}/{key} does not exist") from None
-            except IsADirectoryError:
-                raise StoreNotFoundError(f"{self.url}/{key} is a directory, not a file") from None
-            if hasattr(os, "posix_fadvise") and self.access != "normal":
-                os.posix_fadvise(fd, 0, 0, _ADVICE[self.access])
-            if len(self._fds) >= 256:  # bound the cache: close the oldest descriptor
-                old_key = next(iter(self._fds))
-                os.close(self._fds.pop(old_key))
-            self._fds[key] = fd
-            return fd
+        return self._fds.get().open(key, self)
 
     def _forget(self, key: str) -> None:
-        with self._lock:
-            fd = self._fds.pop(key, None)
-            if fd is not None and self._pid == os.getpid():
-                os.close(fd)
+        cache = self._fds.peek()
+        if cache is not None:
+            cache.forget(key)
 
     def close(self) -> None:
-        with self._lock:
-            if self._pid == os.getpid():
-                for fd in self._fds.values():
-                    os.close(fd)
-            self._fds = {}
+        cache = self._fds.peek()
+        if cache is not None:
+            cache.close_all()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -118,11 +97,81 @@ class LocalStore(Store):
     def size(self, key: str) -> int:
         try:
             return self._path(key).stat().st_size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise StoreNotFoundError(f"{self.url}/{key} does not exist") from None
+
+    # -- capabilities -------------------------------------------------------------------------
+    def local_file(self, key: str) -> tuple[str, int] | None:
+        return str(self._path(key)), 0
+
+    def version(self, key: str) -> str | None:
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise StoreNotFoundError(f"{self.url}/{key} does not exist") from None
+        # every put is a new file renamed into place: a new inode (and mtime)
+        return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
+    def staging(self, tag: str) -> LocalStore:
+        # hidden, beside the store: on the same file system, so publishing is one rename
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        return LocalStore(self.root.with_name(f".{self.root.name}{tag}"), access=self.access)
+
+    def put_if_absent(self, key: str, data: Buffer) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        tmp.write_bytes(bytes(memoryview(data).cast("B")))
+        try:
+            os.link(tmp, path)  # atomic: fails when the name exists
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
+
+    def write_lock(self, timeout: float) -> AbstractContextManager[None]:
+        from .lock import file_lock
+
+        return file_lock(self.root.with_name(f".{self.root.name}.bigstore-lock"), self.url,
+                         timeout)
+
+    def replace_with(self, stage: Store) -> bool:
+        if not isinstance(stage, LocalStore) or stage.root.parent != self.root.parent:
+            return False
+        self.close()
+        stage.close()
+        _swap_dirs(stage.root, self.root)
+        return True
+
+    def flush(self, keys: Sequence[str] | None = None) -> None:
+        """Make objects durable (fsync the files, then their directories): before a commit, so
+        that a power loss after it never finds the commit pointing at lost bytes."""
+        if keys is None:
+            if not self.root.is_dir():
+                return
+            files = [Path(d) / f for d, _s, fs in os.walk(self.root) for f in fs]
+        else:
+            files = [self._path(k) for k in keys]
+        dirs: set[Path] = set()
+        for f in files:  # every directory from the file's up to the root: new entries in each
+            d = f.parent
+            while (d == self.root or self.root in d.parents) and d not in dirs:
+                dirs.add(d)
+                d = d.parent
+        for path in files:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):  # deepest first
+            posix.fsync_dir(d)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self._path(prefix) if prefix else self.root
+        if not base.exists():
+            return
         if base.is_file():
             yield prefix
             return
@@ -176,6 +225,67 @@ class LocalStore(Store):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+class _FdCache:
+    """Open read descriptors of one process, at most ``limit`` (the oldest is closed first)."""
+
+    limit = 256
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def open(self, key: str, store: LocalStore) -> int:
+        with self.lock:
+            fd = self.fds.get(key)
+            if fd is not None:
+                return fd
+            try:
+                fd = os.open(store._path(key), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                raise StoreNotFoundError(f"{store.url}/{key} does not exist") from None
+            except IsADirectoryError:
+                raise StoreNotFoundError(f"{store.url}/{key} is a directory, not a file") from None
+            except NotADirectoryError:
+                raise StoreNotFoundError(
+                    f"{store.url}/{key}: a parent is not a directory"
+                ) from None
+            if hasattr(os, "posix_fadvise") and store.access != "normal":
+                os.posix_fadvise(fd, 0, 0, _ADVICE[store.access])
+            if len(self.fds) >= self.limit:
+                os.close(self.fds.pop(next(iter(self.fds))))
+            self.fds[key] = fd
+            return fd
+
+    def forget(self, key: str) -> None:
+        with self.lock:
+            fd = self.fds.pop(key, None)
+            if fd is not None:
+                os.close(fd)
+
+    def close_all(self) -> None:
+        with self.lock:
+            for fd in self.fds.values():
+                os.close(fd)
+            self.fds = {}
+
+
+def _swap_dirs(new: Path, target: Path) -> None:
+    """Put directory ``new`` at ``target`` atomically; whatever was at ``target`` is removed."""
+    import shutil
+    import uuid
+
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        os.rename(new, target)  # renaming over an empty directory is atomic
+    elif posix.renameat2_exchange(new, target):
+        shutil.rmtree(new)  # now holds the old store
+    else:  # no renameat2: a brief window where ``target`` is absent (never a mix)
+        old = target.parent / f".{target.name}.bigstore-old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    posix.fsync_dir(target.parent)
 
 
 _IOV_MAX = 1024  # Linux's limit on buffers per preadv/writev call; more is EINVAL

@@ -13,7 +13,7 @@ post-forward hooks, or while a guarded op outside that module uses it).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from ..errors import BudgetError
-from ..io.staging import DeviceLoader, FillRequest
-from ._schedule import NEVER, Schedule, choose_victims, plan_layout, plan_resident
+from ..format import ArrayLayout
+from ..io import Filler, FillRequest
+from ..plan.schedule import NEVER, Schedule, choose_victims, plan_layout, plan_resident
 from ._units import Unit
 
 __all__ = ["Pager", "PagerStats"]
@@ -62,25 +63,23 @@ class Pager:
         self,
         units: Sequence[Unit],
         params: Sequence[Sequence[nn.Parameter]],
-        loader: DeviceLoader,
+        layouts: Mapping[str, ArrayLayout],
+        filler: Filler,
         *,
         budget: int,
         fixed_bytes: int,
         prefetch: int,
         align: int,
     ) -> None:
-        self.loader = loader
+        self.filler = filler
         self.budget = budget
         self.prefetch = prefetch
         self.stats = PagerStats(resident_bytes=fixed_bytes, peak_resident_bytes=fixed_bytes)
         self.fixed_bytes = fixed_bytes
         self.units: list[_UnitState] = []
         for unit, ps in zip(units, params):
-            offsets, total = plan_layout([s.nbytes for s in unit.slots], align)
-            reqs = []
-            for slot, off in zip(unit.slots, offsets):
-                meta = loader.ts.meta(slot.name)
-                reqs.append(FillRequest(meta.name, meta.rows, meta.row_bytes, off))
+            offsets, total = plan_layout([w.nbytes for w in unit.weights], align)
+            reqs = [FillRequest(layouts[w.name], off) for w, off in zip(unit.weights, offsets)]
             holders = [p.data for p in ps]
             self.units.append(_UnitState(unit, list(ps), holders, offsets, total, reqs))
         self.sizes = {s.unit.index: s.nbytes for s in self.units}
@@ -159,14 +158,14 @@ class Pager:
     def _start(self, st: _UnitState, *, demand: bool, nearer_than: float = NEVER) -> bool:
         if not self._make_room(st.nbytes, demand=demand, nearer_than=nearer_than):
             return False
-        buf, alloc_event = self.loader.allocate(st.nbytes)
+        buf, alloc_event = self.filler.allocate(st.nbytes)
         st.buf = buf
         self.stats.resident_bytes += st.nbytes
         self.stats.peak_resident_bytes = max(
             self.stats.peak_resident_bytes, self.stats.resident_bytes
         )
         assert self.stats.resident_bytes <= self.budget, "pager accounting exceeded the budget"
-        st.future = self.loader.submit(st.requests, buf, alloc_event)
+        st.future = self.filler.submit(st.requests, buf, alloc_event)
         return True
 
     def _finish(self, st: _UnitState) -> None:
@@ -180,15 +179,15 @@ class Pager:
         except BaseException:
             self._drop(st)
             raise
-        if isinstance(ready, list):  # CPU: one tensor per slot (mapped or read)
-            for p, slot, t in zip(st.params, st.unit.slots, ready):
-                p.data = t.view(slot.dtype).view(slot.shape)
+        if isinstance(ready, list):  # CPU: one tensor per weight (mapped or read)
+            for p, w, t in zip(st.params, st.unit.weights, ready):
+                p.data = t.view(w.dtype).view(w.shape)
         else:
             if ready is not None:  # CUDA: kernels queued from now on wait for the copies
-                torch.cuda.current_stream(self.loader.device).wait_event(ready)
+                torch.cuda.current_stream(self.filler.device).wait_event(ready)
             buf = st.buf
-            for p, slot, off in zip(st.params, st.unit.slots, st.offsets):
-                p.data = buf[off : off + slot.nbytes].view(slot.dtype).view(slot.shape)
+            for p, w, off in zip(st.params, st.unit.weights, st.offsets):
+                p.data = buf[off : off + w.nbytes].view(w.dtype).view(w.shape)
         st.future = None
         st.loaded = True
         self.stats.loads += 1
@@ -245,7 +244,7 @@ class Pager:
         for p, ph in zip(st.params, st.placeholders):
             p.data = ph
         self._drop(st)
-        self.loader.release(st.requests, old)
+        self.filler.release(st.requests, old)
         self.stats.evictions += 1
 
     def _drop(self, st: _UnitState) -> None:

@@ -1,7 +1,8 @@
 """Paging units: which tensors of a model are read, kept and evicted together.
 
-A *slot* is one distinct tensor of the model (tied weights are one slot with several names).
-A *unit* is a group of slots with the modules whose forward needs them ("hook modules").
+A *weight* is one distinct tensor of the model (tied weights are one weight with several
+names). A *unit* is a group of weights with the modules whose forward needs them ("hook
+modules").
 Discovery only inspects the module tree: it allocates nothing and reads nothing.
 
 Default units, sensible for transformer models: each child of the largest repeated layer list
@@ -25,14 +26,14 @@ from torch import nn
 from ..errors import BigstoreError
 
 __all__ = [
-    "Slot", "Unit", "discover_units", "default_unit_roots", "skeleton", "unique_state_dict",
+    "Unit", "Weight", "discover_units", "default_unit_roots", "skeleton", "unique_state_dict",
 ]
 
 UnitSpec = Sequence[str] | Callable[[str, nn.Module], bool] | None
 
 
 @dataclass(frozen=True)
-class Slot:
+class Weight:
     """One distinct parameter: every name it is reachable under, shape and dtype."""
 
     names: tuple[str, ...]
@@ -50,16 +51,16 @@ class Slot:
 
 @dataclass(frozen=True)
 class Unit:
-    """Slots paged together, and the modules whose forward triggers loading them."""
+    """Weights paged together, and the modules whose forward triggers loading them."""
 
     index: int
     name: str
-    slots: tuple[Slot, ...]
+    weights: tuple[Weight, ...]
     hook_modules: tuple[str, ...]
 
     @property
     def nbytes(self) -> int:
-        return sum(s.nbytes for s in self.slots)
+        return sum(w.nbytes for w in self.weights)
 
 
 def default_unit_roots(model: nn.Module) -> list[str]:
@@ -147,12 +148,12 @@ def discover_units(model: nn.Module, units: UnitSpec = None) -> list[Unit]:
     reps = sorted(groups, key=lambda r: min(order.get(k, 0) for k in members[r]))
     out: list[Unit] = []
     for i, rep in enumerate(reps):
-        slots = tuple(
-            Slot(tuple(by_id[pid]), tuple(params[pid].shape), params[pid].dtype)
+        weights = tuple(
+            Weight(tuple(by_id[pid]), tuple(params[pid].shape), params[pid].dtype)
             for pid in groups[rep]
         )
         hooks = tuple(sorted(members[rep], key=lambda k: order.get(k, 0)))
-        out.append(Unit(i, "+".join(h or "<root>" for h in hooks), slots, hooks))
+        out.append(Unit(i, "+".join(h or "<root>" for h in hooks), weights, hooks))
     return out
 
 

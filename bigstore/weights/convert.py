@@ -21,10 +21,11 @@ import torch
 
 from ..config import WriteConfig, parse_bytes
 from ..errors import BigstoreError, StoreNotFoundError, UnsupportedSourceError
-from ..format import TensorMeta
+from ..format import ArrayLayout
+from ..progress import progress_bar
 from ..store import is_local_url, local_path
 from .reader import TensorStore
-from .writer import _progress_bar, save
+from .writer import save
 
 __all__ = ["convert", "iter_source", "export_safetensors"]
 
@@ -155,7 +156,7 @@ def export_safetensors(
     with TensorStore.open(src, storage_options=storage_options) as ts:
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         offset = 0
-        metas: list[TensorMeta] = []
+        metas: list[ArrayLayout] = []
         for name in ts:
             m = ts.meta(name)
             st = _ST_DTYPES.get(m.dtype.name)
@@ -183,7 +184,7 @@ def export_safetensors(
             raise
 
 
-def _copy_tensor(ts: TensorStore, m: TensorMeta, f: Any, progress: Any) -> None:
+def _copy_tensor(ts: TensorStore, m: ArrayLayout, f: Any, progress: Any) -> None:
     if m.nbytes == 0:
         return
     # bounded memory: copy at most ~256 MiB of rows at a time
@@ -215,7 +216,7 @@ def convert(
         with TensorStore.open(s, storage_options=storage_options) as ts:
             total = ts.nbytes
             count = len(ts)
-        bar = _progress_bar(progress, "export", total)
+        bar = progress_bar(progress, f"export {d}", total)
         try:
             export_safetensors(s, d, storage_options=storage_options, progress=bar)
         finally:

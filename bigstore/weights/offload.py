@@ -4,12 +4,12 @@ How it works (details in each module):
 
 - :mod:`._units` groups parameters into paging units (each block of the repeated layer list;
   the embedding and head as units of their own; tied weights merged) - pure inspection.
-- :mod:`._schedule` holds the pure planners: buffer layout, the recorded execution order,
-  which units stay resident for good, which to evict (farthest next use first).
-- :mod:`._pager` executes them: loads ahead of use on worker threads, evicts lazily, keeps the
-  budget (its accounting is asserted on every allocation).
-- :mod:`bigstore.io.staging` fills buffers: straight into RAM on CPU; pinned ring, copy stream
-  and events on CUDA.
+- :mod:`bigstore.plan.schedule` holds the pure planners: buffer layout, the recorded execution
+  order, which units stay resident for good, which to evict (farthest next use first).
+- :mod:`._pager` executes them: loads ahead of use on a worker thread, evicts lazily, keeps
+  the budget (its accounting is asserted on every allocation).
+- :mod:`bigstore.io.device` fills buffers through the chunk reader: straight into RAM on CPU;
+  pinned ring, copy stream and events on CUDA.
 
 Hooks: a pre-forward hook on each unit's module pins the unit (loading it if needed), the
 post-forward hook unpins it. While the root module runs, a torch-function mode (the *guard*)
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -31,49 +30,24 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..config import MiB, ReadConfig, parse_bytes
+from ..config import OffloadConfig, ReadConfig, parse_bytes
 from ..errors import BigstoreError, BudgetError, DTypeError, MissingTensorError, ShapeError
-from ..io.staging import DeviceLoader
-from ..store import LocalStore, MemoryStore, Store, open_store
-from ..store._cache import CachedStore
+from ..io import Filler, make_filler
+from ..plan.schedule import plan_layout
+from ..store import CachedStore, Store, open_store
 from ._pager import Pager, PagerStats
-from ._schedule import plan_layout
-from ._units import Slot, Unit, UnitSpec, discover_units, model_buffers, skeleton, unique_state_dict
+from ._units import (
+    Unit,
+    UnitSpec,
+    Weight,
+    discover_units,
+    model_buffers,
+    skeleton,
+    unique_state_dict,
+)
 from .reader import TensorStore
 
 __all__ = ["OffloadConfig", "OffloadedModel", "offload", "skeleton", "unique_state_dict"]
-
-
-@dataclass(frozen=True)
-class OffloadConfig:
-    """How a model is paged.
-
-    budget: bytes of weights (parameters and buffers) resident on the device at any time.
-    prefetch: units read ahead of the one running (0: load each on demand, synchronously).
-    staging_bytes: size of one pinned host slot of the CUDA staging ring (ring of
-        ``prefetch + 1`` slots, at least 2); unused on CPU, where bytes land in the budget.
-    drop_cache: drop a local store's file pages from the page cache once read, so the machine's
-        memory use reflects the budget (set False to let repeated runs hit the page cache).
-    align: byte alignment of each tensor inside a unit's buffer.
-    guard: watch ops while the model runs so weights read outside their module are paged in.
-    cache_dir / cache_limit: for remote stores, keep read chunks in this local directory,
-        holding at most ``cache_limit`` bytes.
-    """
-
-    budget: int
-    prefetch: int = 2
-    staging_bytes: int = 64 * MiB
-    drop_cache: bool = True
-    align: int = 256
-    guard: bool = True
-    cache_dir: str | None = None
-    cache_limit: int = 16 << 30
-
-    def __post_init__(self) -> None:
-        if self.prefetch < 0:
-            raise BigstoreError(f"prefetch must be >= 0, got {self.prefetch}")
-        if self.align <= 0 or self.align & (self.align - 1):
-            raise BigstoreError(f"align must be a power of two, got {self.align}")
 
 
 # Metadata reads never touch a tensor's values: the guard lets them through without paging.
@@ -125,13 +99,13 @@ class OffloadedModel:
     """
 
     def __init__(
-        self, module: nn.Module, pager: Pager, loader: DeviceLoader, ts: TensorStore,
+        self, module: nn.Module, pager: Pager, filler: Filler, ts: TensorStore,
         config: OffloadConfig, restore: list[tuple[dict[str, Any], str, Any]],
         handles: list[Any],
     ) -> None:
         self.module = module
         self.pager = pager
-        self.loader = loader
+        self.filler = filler
         self.tensor_store = ts
         self.config = config
         self._restore = restore
@@ -144,7 +118,7 @@ class OffloadedModel:
         return self.module(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name in ("module", "pager", "closed"):
+        if name.startswith("_") or name in ("module", "pager", "filler", "closed"):
             raise AttributeError(name)
         return getattr(self.module, name)
 
@@ -158,7 +132,7 @@ class OffloadedModel:
 
     @property
     def bytes_read(self) -> int:
-        return self.loader.bytes_read
+        return self.filler.bytes_read
 
     def close(self) -> None:
         if self.closed:
@@ -167,7 +141,7 @@ class OffloadedModel:
         for h in self._handles:
             h.remove()
         self.pager.close()
-        self.loader.close()
+        self.filler.close()
         for table, key, original in reversed(self._restore):
             table[key] = original
         self._restore.clear()
@@ -187,31 +161,31 @@ class OffloadedModel:
         )
 
 
-def _resolve_slot(ts: TensorStore, slot: Slot) -> Slot:
-    """The slot with the name the store holds it under first (tied weights are stored once)."""
-    stored = [n for n in slot.names if n in ts]
+def _resolve(ts: TensorStore, w: Weight) -> Weight:
+    """The weight with the name the store holds it under first (tied weights are stored once)."""
+    stored = [n for n in w.names if n in ts]
     if not stored:
-        names = " or ".join(repr(n) for n in slot.names)
+        names = " or ".join(repr(n) for n in w.names)
         raise MissingTensorError(f"no tensor {names} in {ts.store.url}")
     meta = ts.meta(stored[0])
-    if tuple(meta.shape) != slot.shape:
+    if tuple(meta.shape) != w.shape:
         raise ShapeError(
             f"tensor {stored[0]!r}: the store holds shape {tuple(meta.shape)}, "
-            f"the model expects {slot.shape}"
+            f"the model expects {w.shape}"
         )
-    if meta.dtype.torch != slot.dtype:
+    if meta.dtype.torch != w.dtype:
         raise DTypeError(
             f"tensor {stored[0]!r}: the store holds {meta.dtype.name}, the model expects "
-            f"{str(slot.dtype).removeprefix('torch.')}"
+            f"{str(w.dtype).removeprefix('torch.')}"
         )
-    return Slot((stored[0], *(n for n in slot.names if n != stored[0])), slot.shape, slot.dtype)
+    return Weight((stored[0], *(n for n in w.names if n != stored[0])), w.shape, w.dtype)
 
 
-def _placeholder(slot: Slot, device: torch.device) -> torch.Tensor:
+def _placeholder(w: Weight, device: torch.device) -> torch.Tensor:
     # One element broadcast to the full shape: shape, dtype and device are right (models read
     # them, e.g. ``model.device``) for a few bytes. NaN makes any unguarded read loud.
-    fill = float("nan") if slot.dtype.is_floating_point or slot.dtype.is_complex else 0
-    return torch.full((), fill, dtype=slot.dtype, device=device).expand(slot.shape)
+    fill = float("nan") if w.dtype.is_floating_point or w.dtype.is_complex else 0
+    return torch.full((), fill, dtype=w.dtype, device=device).expand(w.shape)
 
 
 def _install_buffers(
@@ -257,15 +231,15 @@ def offload(
     url: str | os.PathLike[str] | Store,
     *,
     device: str | torch.device | None = None,
-    budget: int | str = "2GiB",
-    prefetch: int = 2,
+    budget: int | str = OffloadConfig.budget,
+    prefetch: int = OffloadConfig.prefetch,
     storage_options: Mapping[str, Any] | None = None,
     units: UnitSpec = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    cache_limit: int | str = "16GiB",
-    drop_cache: bool = True,
-    staging_bytes: int | str = "64MiB",
-    guard: bool = True,
+    cache_bytes: int | str = OffloadConfig.cache_bytes,
+    drop_cache: bool = OffloadConfig.drop_cache,
+    staging_bytes: int | str = OffloadConfig.staging_bytes,
+    guard: bool = OffloadConfig.guard,
     read_config: ReadConfig | None = None,
 ) -> OffloadedModel:
     """Page ``model``'s weights from the store at ``url`` into ``device`` as its forward needs.
@@ -286,11 +260,11 @@ def offload(
         budget=parse_bytes(budget), prefetch=prefetch, staging_bytes=parse_bytes(staging_bytes),
         drop_cache=drop_cache, guard=guard,
         cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
-        cache_limit=parse_bytes(cache_limit),
+        cache_bytes=parse_bytes(cache_bytes),
     )
     store = open_store(url, storage_options)
-    if config.cache_dir is not None and not isinstance(store, LocalStore | MemoryStore):
-        store = CachedStore(store, config.cache_dir, config.cache_limit)
+    if config.cache_dir is not None and store.is_remote:
+        store = CachedStore(store, config.cache_dir, config.cache_bytes)
     ts = TensorStore.open(store, config=read_config)
     restore: list[tuple[dict[str, Any], str, Any]] = []
     try:
@@ -308,7 +282,7 @@ def _offload(
 ) -> OffloadedModel:
     found = discover_units(model, units_spec)
     units = [
-        Unit(u.index, u.name, tuple(_resolve_slot(ts, s) for s in u.slots), u.hook_modules)
+        Unit(u.index, u.name, tuple(_resolve(ts, w) for w in u.weights), u.hook_modules)
         for u in found
     ]
     fixed = _install_buffers(model, ts, dev, restore)
@@ -317,7 +291,7 @@ def _offload(
             f"budget of {config.budget} bytes is smaller than the model's buffers ({fixed} bytes)"
         )
     for u in units:
-        _, size = plan_layout([s.nbytes for s in u.slots], config.align)
+        _, size = plan_layout([w.nbytes for w in u.weights], config.align)
         if size > config.budget - fixed:
             raise BudgetError(
                 f"budget of {config.budget} bytes is too small for unit {u.name!r} "
@@ -330,9 +304,9 @@ def _offload(
     owner: dict[int, int] = {}
     for u in units:
         ps = []
-        for slot in u.slots:
-            p = nn.Parameter(_placeholder(slot, dev), requires_grad=False)
-            for name in slot.names:
+        for w in u.weights:
+            p = nn.Parameter(_placeholder(w, dev), requires_grad=False)
+            for name in w.names:
                 mod_name, _, attr = name.rpartition(".")
                 mod = model.get_submodule(mod_name)
                 restore.append((mod._parameters, attr, mod._parameters[attr]))
@@ -340,20 +314,19 @@ def _offload(
             owner[id(p)] = u.index
             ps.append(p)
         params.append(ps)
-    max_row = max(
-        (ts.meta(s.name).row_bytes for u in units for s in u.slots), default=0
-    )
-    loader = DeviceLoader(
-        ts, dev, workers=min(config.prefetch, 4), slots=max(2, config.prefetch + 1),
-        slot_bytes=max(config.staging_bytes, max_row),
-        drop_cache=config.drop_cache and isinstance(ts.store, LocalStore),
+    layouts = {w.name: ts.meta(w.name) for u in units for w in u.weights}
+    max_row = max((lay.row_bytes for lay in layouts.values()), default=0)
+    filler = make_filler(
+        ts.reader, dev, background=config.prefetch > 0,
+        drop_cache=config.drop_cache and ts.store.local_file("zarr.json") is not None,
+        slots=max(2, config.prefetch + 1), slot_bytes=max(config.staging_bytes, max_row),
     )
     pager = Pager(
-        units, params, loader, budget=config.budget, fixed_bytes=fixed,
+        units, params, layouts, filler, budget=config.budget, fixed_bytes=fixed,
         prefetch=config.prefetch, align=config.align,
     )
     handles = _install_hooks(model, units, pager, _Guard(pager, owner) if config.guard else None)
-    return OffloadedModel(model, pager, loader, ts, config, restore, handles)
+    return OffloadedModel(model, pager, filler, ts, config, restore, handles)
 
 
 def _install_hooks(

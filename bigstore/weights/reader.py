@@ -9,11 +9,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import posix
 from ..config import ReadConfig
-from ..errors import BigstoreError, MissingTensorError, ShapeError
-from ..format import TensorMeta, read_root
-from ..io import can_map, get_executor, map_tensor, read_chunk_rows, verify_mapped_chunk
-from ..plan import plan_rows
+from ..errors import BigstoreError, MissingTensorError, StoreNotFoundError
+from ..format import ROOT_KEY, ArrayLayout, read_root
+from ..io import (
+    ChunkReader,
+    MappedArray,
+    RowRequest,
+    byte_view,
+    get_executor,
+    host_buffer,
+    mappable,
+)
+from ..progress import progress_bar
 from ..store import Store, open_store
 from ._arrays import from_storage_array
 
@@ -23,10 +32,14 @@ __all__ = ["TensorHandle", "TensorStore", "load", "load_numpy", "open"]
 class TensorStore(Mapping[str, "TensorHandle"]):
     """A committed tensor store, opened for reading. A mapping of name -> TensorHandle."""
 
-    def __init__(self, store: Store, metas: dict[str, TensorMeta], config: ReadConfig) -> None:
+    def __init__(
+        self, store: Store, layouts: dict[str, ArrayLayout], config: ReadConfig,
+        root_version: str | None = None,
+    ) -> None:
         self.store = store
         self.config = config
-        self._metas = metas
+        self._layouts = layouts
+        self.reader = ChunkReader(store, config, root_version=root_version)
 
     @classmethod
     def open(
@@ -37,35 +50,40 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         config: ReadConfig | None = None,
     ) -> TensorStore:
         store = open_store(url, storage_options)
+        try:
+            version = store.version(ROOT_KEY)
+        except StoreNotFoundError:
+            version = None
         root = read_root(store, expect_kind="tensors")
-        metas = {
-            name: TensorMeta.from_json(name, doc, f"{store.url}/{name}/zarr.json")
+        layouts = {
+            name: ArrayLayout.from_json(name, doc, f"{store.url}/{name}/zarr.json")
             for name, doc in root.arrays.items()
         }
-        return cls(store, metas, config or ReadConfig())
+        return cls(store, layouts, config or ReadConfig(), version)
 
     # -- mapping ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> TensorHandle:
         return TensorHandle(self, self.meta(name))
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._metas)
+        return iter(self._layouts)
 
     def __len__(self) -> int:
-        return len(self._metas)
+        return len(self._layouts)
 
     def __repr__(self) -> str:
         return f"TensorStore({self.store.url!r}, {len(self)} tensors, {self.nbytes} bytes)"
 
-    def meta(self, name: str) -> TensorMeta:
+    def meta(self, name: str) -> ArrayLayout:
+        """The layout of tensor ``name`` (shape, dtype, chunking, codec)."""
         try:
-            return self._metas[name]
+            return self._layouts[name]
         except KeyError:
             raise MissingTensorError(f"no tensor {name!r} in {self.store.url}") from None
 
     @property
     def nbytes(self) -> int:
-        return sum(m.nbytes for m in self._metas.values())
+        return sum(m.nbytes for m in self._layouts.values())
 
     def close(self) -> None:
         self.store.close()
@@ -79,34 +97,21 @@ class TensorStore(Mapping[str, "TensorHandle"]):
     # -- bulk reads ---------------------------------------------------------------------------
     def read_into(
         self,
-        requests: Iterable[tuple[str, int, int, np.ndarray[Any, Any]]],
+        requests: Iterable[tuple[str, int, int, Any]],
         *,
         progress: Any = None,
     ) -> None:
         """Fill caller-owned buffers: each request is (name, row_start, row_stop, out).
 
-        ``out`` must be a C-contiguous array of exactly the requested rows' bytes (any dtype:
+        ``out`` must be a C-contiguous buffer of exactly the requested rows' bytes (any dtype:
         only its memory is used). Chunks are fetched, verified and decoded on worker threads.
         """
-        jobs: list[tuple[TensorMeta, int, int, int, memoryview]] = []
-        for name, start, stop, out in requests:
-            meta = self.meta(name)
-            flat = _byte_view(out, (stop - start) * meta.row_bytes, name)
-            for p in plan_rows(meta, start, stop):
-                rb = meta.row_bytes
-                dst = flat[p.dst * rb : (p.dst + p.hi - p.lo) * rb]
-                jobs.append((meta, p.chunk, p.lo, p.hi, dst))
-
-        verify, store = self.config.verify, self.store
-
-        def run(job: tuple[TensorMeta, int, int, int, memoryview]) -> int:
-            meta, i, lo, hi, dst = job
-            read_chunk_rows(store, meta, i, lo, hi, dst, verify=verify)
-            return dst.nbytes
-
-        for n in get_executor(self.config.threads).map(run, jobs):
-            if progress is not None:
-                progress.update(n)
+        self.reader.read_rows(
+            (RowRequest(self.meta(n), a, b, byte_view(o, (b - a) * self.meta(n).row_bytes,
+                                                      f"tensor {n!r}"))
+             for n, a, b, o in requests),
+            progress=progress,
+        )
 
     def load(
         self,
@@ -119,50 +124,51 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         """Read tensors whole. ``mmap`` (default: on for uncompressed local stores loaded to the
         CPU) maps chunk files into the tensors with zero copies; with ``verify`` on, every chunk
         is still checked against its crc32c before this returns."""
-        names = list(self._metas) if names is None else list(names)
+        names = list(self._layouts) if names is None else list(names)
         metas = [self.meta(n) for n in names]
         dev = torch.device(device)
         use_map = dev.type == "cpu" if mmap is None else mmap
         out: dict[str, torch.Tensor] = {}
         if use_map:
-            mapped = [m for m in metas if can_map(self.store, m)]
+            mapped = [m for m in metas if mappable(self.store, m)]
             out.update(self._load_mapped(mapped, progress))
             metas = [m for m in metas if m.name not in out]
         out.update(self._load_copied(metas, dev, progress))
         return {n: out[n] for n in names}
 
-    def _load_mapped(self, metas: list[TensorMeta], progress: Any) -> dict[str, torch.Tensor]:
-        from ..io.mapping import MADV_WILLNEED
-
-        regions = {m.name: map_tensor(self.store, m) for m in metas}
+    def _load_mapped(self, metas: list[ArrayLayout], progress: Any) -> dict[str, torch.Tensor]:
+        arrays = {m.name: MappedArray(self.store, m) for m in metas}
         if self.config.verify:
-            for r in regions.values():
-                r.advise(MADV_WILLNEED)  # start readahead of everything before checking it
-            jobs = [(m, i) for m in metas for i in range(m.n_chunks)]
-            store = self.store
+            for a in arrays.values():
+                a.advise(advice=posix.MADV_WILLNEED)  # start reading everything before checking
+            jobs = [(a, k) for a in arrays.values() for k in range(a.layout.n_chunks)]
 
-            def check(job: tuple[TensorMeta, int]) -> int:
-                m, i = job
-                return verify_mapped_chunk(store, m, i, regions[m.name])
+            def check(job: tuple[MappedArray, int]) -> int:
+                a, k = job
+                return a.verify([k])
 
             for n in get_executor(self.config.threads).map(check, jobs):
                 if progress is not None:
                     progress.update(n)
         out = {}
         for m in metas:
-            arr = np.asarray(regions.pop(m.name))[: m.nbytes].view(m.dtype.storage)
+            arr = arrays.pop(m.name).data().view(m.dtype.storage)
             out[m.name] = from_storage_array(arr.reshape(m.shape), m.dtype)
         return out
 
     def _load_copied(
-        self, metas: list[TensorMeta], dev: torch.device, progress: Any
+        self, metas: list[ArrayLayout], dev: torch.device, progress: Any
     ) -> dict[str, torch.Tensor]:
         pin = dev.type == "cuda" and torch.cuda.is_available()
         host = {
-            m.name: torch.empty(m.nbytes, dtype=torch.uint8, pin_memory=pin) for m in metas
+            m.name: (torch.empty(m.nbytes, dtype=torch.uint8, pin_memory=True) if pin
+                     else host_buffer(m.nbytes))
+            for m in metas
         }
-        self.read_into(
-            ((m.name, 0, m.rows, host[m.name].numpy()) for m in metas), progress=progress
+        self.reader.read_rows(
+            (RowRequest(m, 0, m.rows, memoryview(host[m.name].numpy())) for m in metas
+             if m.nbytes),
+            progress=progress,
         )
         out: dict[str, torch.Tensor] = {}
         for m in metas:
@@ -172,22 +178,10 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         return out
 
 
-def _byte_view(out: np.ndarray[Any, Any], nbytes: int, name: str) -> memoryview:
-    if not isinstance(out, np.ndarray) or not out.flags.c_contiguous:
-        raise ShapeError(f"tensor {name!r}: output buffer must be a C-contiguous numpy array")
-    if out.nbytes != nbytes:
-        raise ShapeError(
-            f"tensor {name!r}: output buffer holds {out.nbytes} bytes, the rows need {nbytes}"
-        )
-    if not out.flags.writeable:
-        raise ShapeError(f"tensor {name!r}: output buffer is read-only")
-    return memoryview(out.reshape(-1).view(np.uint8))
-
-
 class TensorHandle:
     """A lazy view of one stored tensor. Nothing is read until ``numpy()``/``torch()``/slicing."""
 
-    def __init__(self, owner: TensorStore, meta: TensorMeta) -> None:
+    def __init__(self, owner: TensorStore, meta: ArrayLayout) -> None:
         self._owner = owner
         self.meta = meta
 
@@ -301,12 +295,8 @@ def load(
     Uncompressed local stores loaded to the CPU are memory-mapped (zero copies; writes to the
     tensors stay private to the process); pass ``mmap=False`` for private copies."""
     with TensorStore.open(url, storage_options=storage_options, config=config) as ts:
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            total = sum(ts.meta(n).nbytes for n in (names or list(ts)))
-            bar = tqdm(total=total, desc="load", unit="B", unit_scale=True, unit_divisor=1024)
+        total = sum(ts.meta(n).nbytes for n in (names or list(ts)))
+        bar = progress_bar(progress, f"load {ts.store.url}", total)
         try:
             return ts.load(names, device=device, mmap=mmap, progress=bar)
         finally:

@@ -11,12 +11,12 @@ import numpy as np
 
 from ..config import WriteConfig, parse_bytes
 from ..errors import BigstoreError, InvalidKeyError
-from ..format import TensorMeta, check_tensor_name, choose_chunk_rows, parse_codec
-from ..format.root import write_root
+from ..format import ArrayLayout, check_name, choose_chunk_rows, parse_codec, write_root
 from ..io import get_executor
+from ..progress import progress_bar
 from ..store import Store, open_store
+from ..store.publish import check_replaceable, discard, make_staging, publish
 from ._arrays import to_storage_array
-from ._publish import check_replaceable, discard, make_staging, publish
 
 __all__ = ["TensorWriter", "save"]
 
@@ -35,15 +35,17 @@ class TensorWriter:
         config: WriteConfig | None = None,
         storage_options: Mapping[str, Any] | None = None,
         progress: Any = None,
+        overwrite: bool = False,
     ) -> None:
         self.url = os.fspath(url)
+        self.overwrite = overwrite
         self.config = config or WriteConfig()
         self.storage_options = storage_options
         self._codec = parse_codec(self.config.codec)
         self._progress = progress  # a tqdm-like object with .update(nbytes), or None
         self._target: Store | None = None
         self._stage: Store | None = None
-        self._metas: dict[str, TensorMeta] = {}
+        self._metas: dict[str, ArrayLayout] = {}
         self._docs: dict[str, dict[str, Any]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -51,7 +53,7 @@ class TensorWriter:
         if self._stage is not None:
             return self
         target = open_store(self.url, self.storage_options)
-        check_replaceable(target)
+        check_replaceable(target, "tensors", overwrite=self.overwrite)
         self._target, self._stage = target, make_staging(target)
         return self
 
@@ -71,30 +73,39 @@ class TensorWriter:
             discard(self._stage)
         self._stage = None
 
-    def commit(self) -> dict[str, TensorMeta]:
+    def commit(self) -> dict[str, ArrayLayout]:
         if self._stage is None or self._target is None:
             raise BigstoreError("TensorWriter.commit() outside an open write (call begin())")
         stage, self._stage = self._stage, None
+        target = self._target
         try:
             write_root(stage, "tensors", {"tensors": len(self._metas)}, self._docs)
-            publish(stage, self._target)
+            with target.write_lock(self.config.lock_timeout):
+                # checked again under the lock: another writer may have committed meanwhile
+                check_replaceable(target, "tensors", overwrite=self.overwrite)
+                publish(stage, target, durable=self.config.durable)
         except BaseException:
             discard(stage)
             raise
         return dict(self._metas)
 
+    @property
+    def written(self) -> dict[str, ArrayLayout]:
+        """The layouts of the tensors written so far."""
+        return dict(self._metas)
+
     # -- writing ------------------------------------------------------------------------------
-    def write(self, name: str, tensor: Any) -> TensorMeta:
+    def write(self, name: str, tensor: Any) -> ArrayLayout:
         """Store one tensor (numpy array or torch tensor, any supported dtype) under ``name``."""
         if self._stage is None:
             raise BigstoreError("TensorWriter.write() outside an open write (use `with`)")
-        check_tensor_name(name)
+        check_name(name)
         if name in self._metas:
             raise InvalidKeyError(f"tensor {name!r} written twice")
         arr, spec = to_storage_array(name, tensor)
         shape = tuple(int(d) for d in arr.shape)
         rows = choose_chunk_rows(shape, spec.itemsize, self.config.chunk_bytes)
-        meta = TensorMeta(name, shape, spec, rows, self._codec)
+        meta = ArrayLayout(name, shape, spec, rows, self._codec)
         self._write_chunks(self._stage, meta, arr)
         doc = meta.to_json()
         self._stage.put(meta.meta_key, _json_bytes(doc))
@@ -102,7 +113,7 @@ class TensorWriter:
         self._docs[name] = doc
         return meta
 
-    def _write_chunks(self, stage: Store, meta: TensorMeta, arr: np.ndarray[Any, Any]) -> None:
+    def _write_chunks(self, stage: Store, meta: ArrayLayout, arr: np.ndarray[Any, Any]) -> None:
         flat = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
 
         def one(i: int) -> int:
@@ -131,33 +142,30 @@ def save(
     tensors: Mapping[str, Any] | Iterable[tuple[str, Any]],
     url: str | os.PathLike[str],
     *,
-    codec: str | None = None,
+    codec: str | None = WriteConfig.codec,
     chunk_bytes: int | str = WriteConfig.chunk_bytes,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
-) -> dict[str, TensorMeta]:
+    overwrite: bool = False,
+    durable: bool = WriteConfig.durable,
+) -> dict[str, ArrayLayout]:
     """Write ``tensors`` (a mapping or an iterable of ``(name, tensor)`` pairs) to ``url``.
 
     Tensors are written one at a time, so an iterable that produces them lazily is never held
     in memory all at once. The store appears at ``url`` atomically when all are written; on any
-    error the previous store at ``url`` (if any) is left as it was.
+    error the previous store at ``url`` (if any) is left as it was. Replacing a bigstore dataset
+    with tensors needs ``overwrite=True``. ``durable``: fsync before the commit (see
+    :class:`~bigstore.config.WriteConfig`).
     """
-    config = WriteConfig(chunk_bytes=parse_bytes(chunk_bytes), codec=codec)
+    config = WriteConfig(chunk_bytes=parse_bytes(chunk_bytes), codec=codec, durable=durable)
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
-    bar = _progress_bar(progress, "save")
+    bar = progress_bar(progress, f"save {os.fspath(url)}")
     try:
-        with TensorWriter(url, config=config, storage_options=storage_options, progress=bar) as w:
+        with TensorWriter(url, config=config, storage_options=storage_options, progress=bar,
+                          overwrite=overwrite) as w:
             for name, value in items:
                 w.write(name, value)
-            return dict(w._metas)
+        return w.written
     finally:
         if bar is not None:
             bar.close()
-
-
-def _progress_bar(enabled: bool, desc: str, total: int | None = None) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)

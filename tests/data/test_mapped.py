@@ -127,7 +127,7 @@ def test_mapped_forked_workers(ds_path: str, monkeypatch: pytest.MonkeyPatch) ->
     ds = open_dataset(ds_path)
     for _ in ds.loader(100, columns=["label", "x"]):  # the parent has mapped the shards
         pass
-    assert "_mapped_state" in ds.__dict__
+    assert ds._maps.peek()  # this process mapped the columns
     tds = ds.torch_dataset(50, shuffle=True, seed=2, window=3, columns=["label", "x"])
     loader = torch.utils.data.DataLoader(
         tds, batch_size=None, num_workers=2, multiprocessing_context="fork", timeout=120
@@ -140,5 +140,5 @@ def test_mapped_forked_workers(ds_path: str, monkeypatch: pytest.MonkeyPatch) ->
         got.append(lab)
     assert sorted(np.concatenate(got).tolist()) == list(range(N))
     ds.close()
-    assert "_mapped_state" not in ds.__dict__
+    assert ds._maps.peek() is None
     assert len(list(ds.loader(500, columns=["label"]))) == 3  # maps again

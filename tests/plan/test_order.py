@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bigstore.data.loader import batch_samples, worker_batches
-from bigstore.data.order import Level, Order, OrderSpec, Split, consumed_per_worker
+from bigstore.plan.order import Level, Order, OrderSpec, Split, consumed_per_worker
 
 
 def _delivered(

@@ -11,7 +11,7 @@ from torch import nn
 
 import bigstore
 from bigstore.errors import BudgetError, DTypeError, MissingTensorError, ShapeError
-from bigstore.weights._schedule import Schedule, choose_victims, plan_layout, plan_resident
+from bigstore.plan.schedule import Schedule, choose_victims, plan_layout, plan_resident
 from bigstore.weights._units import discover_units
 from bigstore.weights.offload import OffloadedModel, offload, skeleton, unique_state_dict
 
@@ -85,7 +85,7 @@ def test_units_default_and_tied() -> None:
     assert [u.name for u in units] == [
         "emb+head", *(f"blocks.{i}" for i in range(L)), "gate",
     ]
-    assert units[0].slots[0].names == ("emb.weight", "head.weight")
+    assert units[0].weights[0].names == ("emb.weight", "head.weight")
     assert units[0].hook_modules == ("emb", "head")
 
 
@@ -252,7 +252,7 @@ def test_close_restores_plain_module_and_frees_threads(saved: tuple[str, Net]) -
     m = offload(sk, url, device="cpu", budget="64KiB", prefetch=3)
     with torch.no_grad():
         m(_inputs()[0])
-    assert any(t.name.startswith("bigstore-offload") for t in threading.enumerate())
+    assert any(t.name.startswith("bigstore-fill") for t in threading.enumerate())
     m.close()
     m.close()  # idempotent
     assert dict(sk.named_parameters()) == before
@@ -260,7 +260,7 @@ def test_close_restores_plain_module_and_frees_threads(saved: tuple[str, Net]) -
     assert sk.offset.device.type == "cpu" and sk.scale.device.type == "cpu"
     assert not any(mod._forward_hooks or mod._forward_pre_hooks for mod in sk.modules())
     assert not [t for t in threading.enumerate() if t not in threads_before and t.is_alive()
-                and t.name.startswith("bigstore-offload")]
+                and t.name.startswith("bigstore-fill")]
     assert all(st.buf is None for st in m.pager.units)
     with pytest.raises(bigstore.BigstoreError, match="closed"):
         m(_inputs()[0])

@@ -28,8 +28,8 @@ def test_cuda_identical(tmp_path: Path, prefetch: int, staging: str) -> None:
         sk, tmp_path / "m", device="cuda", budget=budget, prefetch=prefetch,
         staging_bytes=staging,
     ) as m, torch.no_grad():
-        assert m.loader.copy_stream is not None
-        assert all(t.is_pinned() for t in m.loader._ring)
+        assert m.filler.copy_stream is not None
+        assert all(t.is_pinned() for t in m.filler.ring)
         for x in _inputs():
             x = x.cuda()
             assert torch.equal(m(x), ref(x))

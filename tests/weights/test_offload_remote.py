@@ -73,7 +73,7 @@ def test_cache_limit_is_kept(s3_url: tuple[str, dict[str, Any]], tmp_path: Path)
     x = torch.randn(2, 64)
     with offload(
         _skel(), url, device="cpu", budget="1MiB", storage_options=opts,
-        cache_dir=tmp_path / "c", cache_limit=limit,
+        cache_dir=tmp_path / "c", cache_bytes=limit,
     ) as m, torch.no_grad():
         assert torch.equal(m(x), ref(x))
         store = m.tensor_store.store

@@ -1,0 +1,307 @@
+"""Device fillers: stored arrays -> a device buffer, behind one small interface.
+
+:class:`CpuFiller`: uncompressed chunks on local disk are memory-mapped straight into the
+destination tensors (zero copies; ``madvise(WILLNEED)`` first, so the disk has every chunk of the
+request in flight) and checked against their crc32c - on every fill when the pages are dropped
+after use (each fill then really reads the disk), else the first time this process maps them
+(the bytes then come from the page cache that was checked). Other stores are read through the
+:class:`~bigstore.io.reader.ChunkReader` into fresh host buffers.
+
+:class:`CudaFiller`: a ring of pinned host slots. Its worker takes a free slot (first waiting on
+the slot's event, so no slot is overwritten while a host->device copy still reads it), fills it
+through the reader, queues the copies on a dedicated copy stream and records the slot's event.
+The request's "ready" event is recorded after its last copy; the compute stream waits on it
+before the first kernel that reads the buffer. The copy stream first waits on an event recorded
+when the destination was allocated, so memory the caching allocator hands back is never written
+while earlier kernels may still read it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..format import ArrayLayout
+from .buffers import host_buffer, pinned_buffer
+from .mapping import MappedArray, mappable
+from .producer import Worker
+from .reader import ChunkReader, RowRequest
+
+__all__ = ["CpuFiller", "CudaFiller", "FillRequest", "Filler", "Piece", "make_filler",
+           "plan_pieces"]
+
+
+@dataclass(frozen=True)
+class FillRequest:
+    """All rows of array ``layout`` land at byte ``dst_offset`` of the destination."""
+
+    layout: ArrayLayout
+    dst_offset: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.layout.nbytes
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows [row_start, row_stop) of request ``req``: staged at ``slot_offset``, copied to
+    ``dst_offset``."""
+
+    req: int
+    row_start: int
+    row_stop: int
+    slot_offset: int
+    dst_offset: int
+    nbytes: int
+
+
+def plan_pieces(requests: Sequence[FillRequest], slot_bytes: int) -> list[list[Piece]]:
+    """Pack the requests' rows into slot-sized groups, in order. Pure: the staging I/O plan.
+
+    A tensor larger than a slot is split by rows; a group never exceeds ``slot_bytes``.
+    Every row must fit in one slot (the filler sizes slots so that it does).
+    """
+    groups: list[list[Piece]] = []
+    cur: list[Piece] = []
+    used = 0
+    for i, r in enumerate(requests):
+        rb, rows = r.layout.row_bytes, r.layout.rows
+        if rb == 0 or r.nbytes == 0:
+            continue
+        if rb > slot_bytes:
+            raise ValueError(f"array {r.layout.path!r}: a row of {rb} bytes exceeds the slot")
+        row = 0
+        while row < rows:
+            fit = (slot_bytes - used) // rb
+            if fit == 0:
+                groups.append(cur)
+                cur, used = [], 0
+                continue
+            stop = min(rows, row + fit)
+            n = (stop - row) * rb
+            cur.append(Piece(i, row, stop, used, r.dst_offset + row * rb, n))
+            used += n
+            row = stop
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _done(fn: Any, *args: Any) -> Future[Any]:
+    fut: Future[Any] = Future()
+    try:
+        fut.set_result(fn(*args))
+    except BaseException as e:
+        fut.set_exception(e)
+    return fut
+
+
+class Filler(ABC):
+    """Fills destination buffers on ``device`` from a reader's store."""
+
+    def __init__(self, reader: ChunkReader, device: torch.device, *, background: bool) -> None:
+        self.reader = reader
+        self.device = device
+        self.bytes_read = 0  # bytes delivered into destinations (device-buffer bytes)
+        self._lock = threading.Lock()
+        self.worker: Worker | None = (
+            Worker(8, f"bigstore-fill-{device.type}") if background else None
+        )
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.bytes_read += n
+
+    @property
+    def staging_bytes(self) -> int:
+        """Host memory held for staging (0 when bytes land in their final buffer)."""
+        return 0
+
+    @abstractmethod
+    def allocate(self, nbytes: int) -> tuple[torch.Tensor, Any]:
+        """A destination of ``nbytes`` and what the fill must wait for before writing it."""
+
+    @abstractmethod
+    def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any
+               ) -> Future[Any]:
+        """Start filling ``dst``: the future's result is ``dst``-backed tensors (one per
+        request) on CPU, or the CUDA event after which ``dst`` holds the bytes."""
+
+    def release(self, requests: Sequence[FillRequest], tensors: list[torch.Tensor]) -> None:
+        """The destination is no longer used; ``tensors`` are its last references."""
+        tensors.clear()
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+
+class CpuFiller(Filler):
+    """Fills on the CPU: mapped (zero copies) where the store allows, read otherwise."""
+
+    def __init__(self, reader: ChunkReader, *, background: bool, drop_cache: bool) -> None:
+        super().__init__(reader, torch.device("cpu"), background=background)
+        self.drop_cache = drop_cache
+        # which chunks this process has checked, per array (mappings come and go per fill)
+        self._verified: dict[str, np.ndarray[Any, Any]] = {}
+
+    def allocate(self, nbytes: int) -> tuple[torch.Tensor, Any]:
+        # one tensor per request is made by the fill itself (mapped or read): the buffer is
+        # only for the caller's accounting
+        return torch.empty(0, dtype=torch.uint8), None
+
+    def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any
+               ) -> Future[Any]:
+        # Mapping is cheap (~1.5 ms a unit) and done here, on the caller's thread: the worker
+        # would wait for the GIL behind the model's Python code (5 ms switch interval) many
+        # times per unit. Only slow work (reads to copy, checksums; they release the GIL) goes
+        # to the worker; a warm, already checked request needs none.
+        mapped = self._map(requests)
+        if self.worker is not None and self._work_left(requests, mapped):
+            return self.worker.submit(self._finish, requests, mapped)
+        return _done(self._finish, requests, mapped)
+
+    def _map(self, requests: Sequence[FillRequest]) -> dict[int, MappedArray]:
+        store = self.reader.store
+        out: dict[int, MappedArray] = {}
+        for i, r in enumerate(requests):
+            if mappable(store, r.layout):
+                m = MappedArray(store, r.layout,
+                                verified=self._verified.setdefault(r.layout.path, _fresh(r)))
+                m.advise()  # the disk gets the whole request in flight
+                out[i] = m
+        return out
+
+    def _work_left(self, requests: Sequence[FillRequest], mapped: dict[int, MappedArray]
+                   ) -> bool:
+        return (len(mapped) < len(requests) or self.drop_cache
+                or any(not m.verified.all() for m in mapped.values()))
+
+    def _finish(self, requests: Sequence[FillRequest], mapped: dict[int, MappedArray]
+                ) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        for i, r in enumerate(requests):
+            m = mapped.get(i)
+            if m is None:
+                buf = host_buffer(r.nbytes)
+                if r.nbytes:
+                    self.reader.read_rows([RowRequest(r.layout, 0, r.layout.rows,
+                                                      memoryview(buf.numpy()))])
+                out.append(buf)
+                continue
+            if self.reader.verify:
+                m.verify(again=self.drop_cache)
+            out.append(torch.from_numpy(m.data()))
+        self._count(sum(r.nbytes for r in requests))
+        if self.drop_cache:  # mapped pages are dropped on release, once unmapped
+            self._drop([r for i, r in enumerate(requests) if i not in mapped])
+        return out
+
+    def _drop(self, requests: Sequence[FillRequest]) -> None:
+        # the bytes now live in the budgeted buffer (or are done with): no second copy in the
+        # page cache (it would count against the machine's memory, not the budget)
+        store = self.reader.store
+        for r in requests:
+            for key in r.layout.object_keys():
+                store.drop_cache(key)
+
+    def release(self, requests: Sequence[FillRequest], tensors: list[torch.Tensor]) -> None:
+        # the last references die on the worker, so unmapping (page-table teardown, TLB
+        # shootdowns) stays off the compute thread; then the pages leave the cache if asked
+        def drop() -> None:
+            tensors.clear()
+            if self.drop_cache:
+                self._drop(requests)
+
+        if self.worker is None:
+            drop()
+        else:
+            self.worker.submit(drop)
+
+
+def _fresh(r: FillRequest) -> np.ndarray[Any, Any]:
+    return np.zeros(max(1, r.layout.n_chunks), np.uint8)
+
+
+class CudaFiller(Filler):
+    """Fills CUDA memory through a ring of pinned host slots and a copy stream."""
+
+    def __init__(self, reader: ChunkReader, device: torch.device, *, background: bool,
+                 slots: int, slot_bytes: int) -> None:
+        super().__init__(reader, device, background=background)
+        self.slot_bytes = slot_bytes
+        self.copy_stream: Any = torch.cuda.Stream(device=device)
+        self.ring: list[torch.Tensor] = [pinned_buffer(slot_bytes) for _ in range(slots)]
+        self._events: list[Any] = [torch.cuda.Event() for _ in range(slots)]
+        self._free: queue.Queue[int] = queue.Queue()
+        for i in range(slots):
+            self._free.put(i)
+
+    @property
+    def staging_bytes(self) -> int:
+        return len(self.ring) * self.slot_bytes
+
+    def allocate(self, nbytes: int) -> tuple[torch.Tensor, Any]:
+        buf = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(self.device))
+        return buf, ev
+
+    def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any
+               ) -> Future[Any]:
+        if self.worker is None:  # prefetch=0: synchronous, on the caller's thread
+            return _done(self._fill, requests, dst, after)
+        return self.worker.submit(self._fill, requests, dst, after)
+
+    def _fill(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any) -> Any:
+        stream = self.copy_stream
+        stream.wait_event(after)
+        for group in plan_pieces(requests, self.slot_bytes):
+            i = self._free.get()
+            try:
+                self._events[i].synchronize()  # the slot's previous copy has finished
+                slot = self.ring[i].numpy()
+                self.reader.read_rows(
+                    RowRequest(requests[p.req].layout, p.row_start, p.row_stop,
+                               memoryview(slot[p.slot_offset : p.slot_offset + p.nbytes]))
+                    for p in group
+                )
+                with torch.cuda.stream(stream):
+                    for p in group:
+                        src = self.ring[i][p.slot_offset : p.slot_offset + p.nbytes]
+                        dst[p.dst_offset : p.dst_offset + p.nbytes].copy_(src, non_blocking=True)
+                    self._events[i].record(stream)
+            finally:
+                self._free.put(i)
+        ready = torch.cuda.Event()
+        ready.record(stream)
+        self._count(sum(r.nbytes for r in requests))
+        return ready
+
+    def close(self) -> None:
+        super().close()
+        if self.copy_stream is not None:
+            self.copy_stream.synchronize()
+        self.ring.clear()
+        self._events.clear()
+        self.copy_stream = None
+
+
+def make_filler(reader: ChunkReader, device: torch.device, *, background: bool,
+                drop_cache: bool, slots: int, slot_bytes: int) -> Filler:
+    """The filler for ``device``: CPU or CUDA."""
+    if device.type == "cuda":
+        return CudaFiller(reader, device, background=background, slots=slots,
+                          slot_bytes=slot_bytes)
+    return CpuFiller(reader, background=background, drop_cache=drop_cache)
+
