@@ -167,7 +167,7 @@ def _run_shape(work: pathlib.Path, n: int, sb: int, quality: bool) -> None:
 
         from bigstore_native import gather_rows
 
-        from bigstore.data.order import Order, OrderSpec
+        from bigstore.plan.order import Order, OrderSpec
 
         img = np.array(np.load(raw, mmap_mode="r"))  # a private in-RAM copy
         order = Order(OrderSpec(n, ds.layout.chunk_rows, 0, 0, True, 64))
@@ -241,7 +241,7 @@ def _run_shape(work: pathlib.Path, n: int, sb: int, quality: bool) -> None:
             for s in range(50)
         ]
     )
-    from bigstore.data.order import Order, OrderSpec
+    from bigstore.plan.order import Order, OrderSpec
 
     for w in (1, 4, 16, 64, 256):
         order = Order(OrderSpec(n, ds.layout.chunk_rows, 0, 0, True, w))
