@@ -6,25 +6,52 @@ from typing import Any
 
 import pytest
 
-from bigstore.errors import BigstoreError, InvalidKeyError, StoreNotFoundError
-from bigstore.store import ByteRange, LocalStore, MemoryStore, Store, open_store
-from bigstore.store._fsspec import FsspecStore
+import threading
+import time
+import uuid
+
+from bigstore.errors import (
+    BigstoreError,
+    ConcurrentWriteError,
+    InvalidKeyError,
+    StoreNotFoundError,
+)
+from bigstore.store import (
+    ByteRange,
+    CachedStore,
+    FsspecStore,
+    LocalStore,
+    MemoryStore,
+    Store,
+    open_store,
+)
+from bigstore.store.publish import make_staging, publish
 
 
-@pytest.fixture
-def store(store_url: tuple[str, dict[str, Any] | None]) -> Store:
-    url, opts = store_url
-    return open_store(url, opts)
+BACKENDS = {
+    "local": LocalStore, "memory": MemoryStore, "fsspec-memory": FsspecStore, "s3": FsspecStore,
+    "cached-fsspec-memory": FsspecStore, "cached-s3": FsspecStore,
+}
 
 
-def test_backend_is_the_expected_one(store: Store, store_url: tuple[str, Any]) -> None:
-    url, opts = store_url
-    expected = (
-        LocalStore if "://" not in url
-        else MemoryStore if url.startswith("memory://") and not opts
-        else FsspecStore
-    )
-    assert type(store) is expected
+@pytest.fixture(params=list(BACKENDS))
+def store(request: pytest.FixtureRequest, tmp_path: Any) -> Store:
+    """Every backend, and the local cache in front of each remote one."""
+    kind = request.param.removeprefix("cached-")
+    if kind == "local":
+        s: Store = open_store(str(tmp_path / "store"))
+    elif kind == "memory":
+        s = open_store(f"memory://t-{uuid.uuid4().hex}")
+    elif kind == "fsspec-memory":
+        s = open_store(f"memory://f-{uuid.uuid4().hex}", {"skip_instance_cache": False})
+    else:
+        server = request.getfixturevalue("s3_server")
+        request.applymarker(pytest.mark.s3)
+        s = open_store(f"s3://{server.new_bucket()}/store", server.options)
+    assert type(s) is BACKENDS[request.param]
+    if request.param.startswith("cached-"):
+        s = CachedStore(s, tmp_path / "cache", "1MiB")
+    return s
 
 
 def test_put_get_roundtrip(store: Store) -> None:
@@ -108,3 +135,66 @@ def test_many_buffers_in_one_call(store: Store) -> None:
     outs = [memoryview(bytearray(len(p))) for p in parts]
     store.read_into("many", 0, outs)
     assert [bytes(o) for o in outs] == parts
+
+
+def test_reads_after_overwrite_see_the_new_bytes(store: Store) -> None:
+    store.put("k", b"old bytes")
+    assert bytes(store.get("k")) == b"old bytes"
+    assert [bytes(b) for b in store.get_ranges("k", [ByteRange(0, 3)])] == [b"old"]
+    store.put("k", b"NEW BYTES")
+    assert bytes(store.get("k")) == b"NEW BYTES"
+    assert [bytes(b) for b in store.get_ranges("k", [ByteRange(0, 3)])] == [b"NEW"]
+    store.delete("k")
+    with pytest.raises(StoreNotFoundError):
+        store.get("k")
+
+
+def test_version_changes_when_an_object_is_replaced(store: Store) -> None:
+    store.put("v", b"1")
+    first = store.version("v")
+    time.sleep(0.01)  # mtime-based versions need the clock to move
+    store.put("v", b"22")
+    if first is not None:
+        assert store.version("v") != first
+    with pytest.raises(StoreNotFoundError):
+        store.version("absent")
+
+
+def test_put_if_absent_creates_once(store: Store) -> None:
+    assert store.put_if_absent("once", b"first")
+    assert not store.put_if_absent("once", b"second")
+    assert bytes(store.get("once")) == b"first"
+
+
+def test_write_lock_excludes_and_releases(store: Store) -> None:
+    held, release, errors = threading.Event(), threading.Event(), []
+
+    def holder() -> None:
+        with store.write_lock(5):
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert held.wait(10)
+    try:
+        with pytest.raises(ConcurrentWriteError, match="gave up"), store.write_lock(0.2):
+            errors.append("acquired a held lock")
+    finally:
+        release.set()
+        t.join()
+    assert not errors
+    with store.write_lock(5):  # free again
+        pass
+
+
+def test_publish_replaces_everything(store: Store) -> None:
+    store.put("zarr.json", b'{"old": true}')
+    store.put("old/a", b"x")
+    stage = make_staging(store)
+    stage.put("new/b", b"y")
+    stage.put("zarr.json", b'{"new": true}')
+    publish(stage, store)
+    assert sorted(store.list()) == ["new/b", "zarr.json"]
+    assert bytes(store.get("zarr.json")) == b'{"new": true}'
+    assert not list(stage.list())
