@@ -238,7 +238,7 @@ def _as_float32(name: str, x: Any, dtype: str | None) -> tuple[np.ndarray[Any, A
         raise DTypeError(f"{name}: array is {logical}, dtype says {dtype}")
     if logical not in FLOAT_DTYPES:
         raise DTypeError(f"{name}: cannot quantize a {logical} tensor (floats only)")
-    return np.ascontiguousarray(a, np.float32), logical
+    return np.array(a, np.float32, order="C", copy=None), logical  # keeps 0-d arrays 0-d
 
 
 def quantize_tensor(name: str, x: Any, *, scheme: str = "int8", group_size: int = 64,
