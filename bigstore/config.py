@@ -11,8 +11,9 @@ from typing import Any
 from .errors import BigstoreError
 
 __all__ = [
-    "DatasetWriteConfig", "GiB", "KiB", "LoaderConfig", "MiB", "OffloadConfig", "PrefetchConfig",
-    "ReadConfig", "WriteConfig", "default_io_threads", "parse_bytes",
+    "DATASET_CACHE_BYTES", "DatasetWriteConfig", "GiB", "KiB", "LoaderConfig", "MiB",
+    "OffloadConfig", "PrefetchConfig", "QuantizeConfig", "ReadConfig", "WriteConfig",
+    "default_io_threads", "parse_bytes",
 ]
 
 KiB = 1 << 10
@@ -202,3 +203,50 @@ class PrefetchConfig:
 
 #: where remote datasets keep their local cache, and its size (see bigstore.store.CachedStore)
 DATASET_CACHE_BYTES = 10 * GiB
+
+
+# -- Quantization (issue 10): appended section, owned by the quantization work --------------------
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Which tensors are stored group-wise quantized, and how.
+
+    scheme: "int8" (symmetric, one scale per group) or "int4" (scale + zero point per group,
+        two values per byte).
+    group_size: values per group, consecutive along the last axis (the last group of a row is
+        shorter when it does not divide the row; nothing is padded but int4's final nibble).
+    scale_dtype: "float16" (more precision; the default, as llama.cpp does) or "bfloat16"
+        (float32's range, for weights whose group maxima exceed float16's).
+    min_dim: by default only matrices whose two dimensions are both at least this many values
+        are quantized: smaller ones are a negligible share of the bytes.
+    include / exclude: name patterns that force a tensor in or out (exclude wins). A pattern is
+        a glob over the whole name (``"*.mlp.*"``), or a regular expression after ``"re:"``
+        (``"re:layers\\.(0|1)\\."``, searched anywhere in the name).
+    """
+
+    scheme: str = "int8"
+    group_size: int = 64
+    scale_dtype: str = "float16"
+    min_dim: int = 128
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("int8", "int4"):
+            raise BigstoreError(
+                f"quantization scheme must be 'int8' or 'int4', got {self.scheme!r}"
+            )
+        if self.group_size < 1:
+            raise BigstoreError(f"group_size must be positive, got {self.group_size}")
+        if self.scale_dtype not in ("float16", "bfloat16"):
+            raise BigstoreError(
+                f"scale_dtype must be 'float16' or 'bfloat16', got {self.scale_dtype!r}"
+            )
+        if self.min_dim < 1:
+            raise BigstoreError(f"min_dim must be positive, got {self.min_dim}")
+        for p in (*self.include, *self.exclude):
+            if p.startswith("re:"):
+                try:
+                    re.compile(p[3:])
+                except re.error as e:
+                    raise BigstoreError(f"bad regular expression in pattern {p!r}: {e}") from None
+

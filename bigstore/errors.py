@@ -102,3 +102,11 @@ class BudgetError(BigstoreError, MemoryError):
 
 class UnsupportedSourceError(BigstoreError, ValueError):
     """A conversion source or destination bigstore does not know how to read or write."""
+
+
+# -- quantized weights (issue 10) -------------------------------------------------------------
+class QuantizeError(BigstoreError, ValueError):
+    """A tensor that cannot be quantized as asked (non-finite values, a scale out of range)."""
+
+
+__all__ += ["QuantizeError"]

@@ -30,6 +30,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,23 @@ class CachedStore(Store):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         return self.remote.list(prefix)
+
+    def staging(self, tag: str) -> Store:
+        return self.remote.staging(tag)
+
+    def write_lock(self, timeout: float) -> AbstractContextManager[None]:
+        return self.remote.write_lock(timeout)
+
+    def put_if_absent(self, key: str, data: Buffer) -> bool:
+        created = self.remote.put_if_absent(key, data)
+        self._invalidate(key)
+        return created
+
+    def replace_with(self, stage: Store) -> bool:
+        if not self.remote.replace_with(stage):
+            return False
+        self._namespace = None  # everything changed
+        return True
 
     def _invalidate(self, key: str) -> None:
         if key.rsplit("/", 1)[-1] == _ROOT_KEY and "/" not in key:
