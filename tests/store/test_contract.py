@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
-
 import threading
 import time
 import uuid
+from typing import Any
+
+import pytest
 
 from bigstore.errors import (
     BigstoreError,
@@ -26,7 +25,6 @@ from bigstore.store import (
     open_store,
 )
 from bigstore.store.publish import make_staging, publish
-
 
 BACKENDS = {
     "local": LocalStore, "memory": MemoryStore, "fsspec-memory": FsspecStore, "s3": FsspecStore,
