@@ -11,7 +11,8 @@ from typing import Any
 from .errors import BigstoreError
 
 __all__ = [
-    "DATASET_CACHE_BYTES", "DatasetWriteConfig", "GiB", "KiB", "LoaderConfig", "MiB",
+    "DATASET_CACHE_BYTES", "HOST_FRACTION", "DatasetWriteConfig", "GiB", "KiB", "LoaderConfig",
+    "MiB", "available_memory",
     "OffloadConfig", "PrefetchConfig", "QuantizeConfig", "ReadConfig", "WriteConfig",
     "default_io_threads", "parse_bytes",
 ]
@@ -123,8 +124,12 @@ class OffloadConfig:
     prefetch: units read ahead of the one running (0: load each on demand, synchronously).
     staging_bytes: size of one pinned host slot of the CUDA staging ring (ring of
         ``prefetch + 1`` slots, at least 2); unused on CPU, where bytes land in the budget.
-    drop_cache: drop a local store's file pages from the page cache once read, so the machine's
-        memory use reflects the budget (set False to let repeated runs hit the page cache).
+    host_budget: bytes of host RAM that keep units between uses (the host tier: pinned memory on
+        CUDA; on CPU the units' mapped file pages, or anonymous memory for units that had to be
+        decoded or fetched). None ("auto"): HOST_FRACTION of the RAM available when offloading
+        starts, capped at the model's size; 0 turns the tier off.
+    drop_cache: drop a local store's file pages from the page cache once a unit that has no
+        host copy is evicted, so every use really reads storage (measuring a disk, say).
     align: byte alignment of each tensor inside a unit's buffer.
     guard: watch ops while the model runs so weights read outside their module are paged in.
     cache_dir / cache_bytes: for remote stores, keep read chunks in this local directory,
@@ -132,9 +137,10 @@ class OffloadConfig:
     """
 
     budget: int = 2 * GiB
+    host_budget: int | None = None
     prefetch: int = 2
     staging_bytes: int = 64 * MiB
-    drop_cache: bool = True
+    drop_cache: bool = False
     align: int = 256
     guard: bool = True
     cache_dir: str | None = None
@@ -203,6 +209,23 @@ class PrefetchConfig:
 
 #: where remote datasets keep their local cache, and its size (see bigstore.store.CachedStore)
 DATASET_CACHE_BYTES = 10 * GiB
+#: the share of available RAM an offloaded model's host tier takes when host_budget is "auto"
+HOST_FRACTION = 0.5
+
+
+def available_memory() -> int:
+    """Bytes of RAM available now (Linux MemAvailable; else free physical pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * KiB
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 # -- Quantization (issue 10): appended section, owned by the quantization work --------------------

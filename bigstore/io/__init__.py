@@ -6,14 +6,24 @@ huge-page and pinned memory), ``executor`` (the shared, fork-safe pool).
 """
 
 from .buffers import BufferPool, host_array, host_buffer, pinned_buffer
-from .device import CpuFiller, CudaFiller, Filler, FillRequest, make_filler, plan_pieces
+from .device import (
+    CpuFiller,
+    CudaFiller,
+    Filled,
+    Filler,
+    FillRequest,
+    HostCopy,
+    make_filler,
+    plan_pieces,
+)
 from .executor import Executor, get_executor
 from .mapping import MappedArray, MappedRegion, map_objects, mappable
 from .producer import Producer, State, StoppedError, Worker
 from .reader import ChunkReader, RowRequest, byte_view
 
 __all__ = [
-    "BufferPool", "ChunkReader", "CpuFiller", "CudaFiller", "Executor", "FillRequest", "Filler",
+    "BufferPool", "ChunkReader", "CpuFiller", "CudaFiller", "Executor", "FillRequest", "Filled",
+    "Filler", "HostCopy",
     "MappedArray", "MappedRegion", "Producer", "RowRequest", "State", "StoppedError", "Worker",
     "byte_view", "get_executor", "host_array", "host_buffer", "make_filler", "map_objects",
     "mappable", "pinned_buffer", "plan_pieces",

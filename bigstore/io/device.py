@@ -1,5 +1,8 @@
 """Device fillers: stored arrays -> a device buffer, behind one small interface.
 
+A fill reads from storage, or - when the caller kept the unit's :class:`HostCopy` (the host RAM
+tier) - from host memory; asked to, it hands back a host copy for the caller to keep.
+
 :class:`CpuFiller`: uncompressed chunks on local disk are memory-mapped straight into the
 destination tensors (zero copies; ``madvise(WILLNEED)`` first, so the disk has every chunk of the
 request in flight) and checked against their crc32c - on every fill when the pages are dropped
@@ -35,8 +38,8 @@ from .mapping import MappedArray, mappable
 from .producer import Worker
 from .reader import ChunkReader, RowRequest
 
-__all__ = ["CpuFiller", "CudaFiller", "FillRequest", "Filler", "Piece", "make_filler",
-           "plan_pieces"]
+__all__ = ["CpuFiller", "CudaFiller", "FillRequest", "Filled", "Filler", "HostCopy", "Piece",
+           "make_filler", "plan_pieces"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,30 @@ def plan_pieces(requests: Sequence[FillRequest], slot_bytes: int) -> list[list[P
     return groups
 
 
+@dataclass
+class HostCopy:
+    """A unit's bytes kept in host RAM between uses (the host tier).
+
+    CPU: the tensors its parameters point to (views of file mappings kept alive, or of
+    anonymous buffers). CUDA: one pinned buffer laid out like the device buffer.
+    """
+
+    nbytes: int
+    tensors: list[torch.Tensor]
+
+
+@dataclass
+class Filled:
+    """What a fill did: the tensors to use (CPU) or the event to wait on (CUDA), the host copy
+    to keep (when asked), and where the bytes came from."""
+
+    tensors: list[torch.Tensor] | None = None
+    ready: Any = None
+    host: HostCopy | None = None
+    from_storage: int = 0
+    from_host: int = 0
+
+
 def _done(fn: Any, *args: Any) -> Future[Any]:
     fut: Future[Any] = Future()
     try:
@@ -131,14 +158,20 @@ class Filler(ABC):
         """A destination of ``nbytes`` and what the fill must wait for before writing it."""
 
     @abstractmethod
-    def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any
-               ) -> Future[Any]:
-        """Start filling ``dst``: the future's result is ``dst``-backed tensors (one per
-        request) on CPU, or the CUDA event after which ``dst`` holds the bytes."""
+    def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any, *,
+               host: HostCopy | None = None, keep: bool = False) -> Future[Filled]:
+        """Start filling ``dst`` (from ``host`` when given, else from storage; ``keep``: also
+        hand back a host copy to keep). The future's result says what was done."""
 
-    def release(self, requests: Sequence[FillRequest], tensors: list[torch.Tensor]) -> None:
-        """The destination is no longer used; ``tensors`` are its last references."""
+    def release(self, requests: Sequence[FillRequest], tensors: list[torch.Tensor], *,
+                kept: bool = False) -> None:
+        """The destination is no longer used; ``tensors`` are its last references (``kept``:
+        a host copy still holds the unit)."""
         tensors.clear()
+
+    def free_host(self, requests: Sequence[FillRequest], host: HostCopy) -> None:
+        """A host copy leaves the host tier."""
+        host.tensors.clear()
 
     def close(self) -> None:
         if self.worker is not None:
@@ -147,7 +180,12 @@ class Filler(ABC):
 
 
 class CpuFiller(Filler):
-    """Fills on the CPU: mapped (zero copies) where the store allows, read otherwise."""
+    """Fills on the CPU: mapped (zero copies) where the store allows, read otherwise.
+
+    On the CPU the host tier and the device are the same memory: a kept unit is its mappings
+    (their page tables filled, their checksums checked) or its read buffers, kept alive, and a
+    fill from it only points the parameters at them again.
+    """
 
     def __init__(self, reader: ChunkReader, *, background: bool, drop_cache: bool) -> None:
         super().__init__(reader, torch.device("cpu"), background=background)
@@ -160,16 +198,18 @@ class CpuFiller(Filler):
         # only for the caller's accounting
         return torch.empty(0, dtype=torch.uint8), None
 
-    def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any
-               ) -> Future[Any]:
+    def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any, *,
+               host: HostCopy | None = None, keep: bool = False) -> Future[Filled]:
+        if host is not None:
+            return _done(lambda: Filled(tensors=list(host.tensors), from_host=host.nbytes))
         # Mapping is cheap (~1.5 ms a unit) and done here, on the caller's thread: the worker
         # would wait for the GIL behind the model's Python code (5 ms switch interval) many
         # times per unit. Only slow work (reads to copy, checksums; they release the GIL) goes
         # to the worker; a warm, already checked request needs none.
         mapped = self._map(requests)
         if self.worker is not None and self._work_left(requests, mapped):
-            return self.worker.submit(self._finish, requests, mapped)
-        return _done(self._finish, requests, mapped)
+            return self.worker.submit(self._finish, requests, mapped, keep)
+        return _done(self._finish, requests, mapped, keep)
 
     def _map(self, requests: Sequence[FillRequest]) -> dict[int, MappedArray]:
         store = self.reader.store
@@ -187,8 +227,8 @@ class CpuFiller(Filler):
         return (len(mapped) < len(requests) or self.drop_cache
                 or any(not m.verified.all() for m in mapped.values()))
 
-    def _finish(self, requests: Sequence[FillRequest], mapped: dict[int, MappedArray]
-                ) -> list[torch.Tensor]:
+    def _finish(self, requests: Sequence[FillRequest], mapped: dict[int, MappedArray],
+                keep: bool) -> Filled:
         out: list[torch.Tensor] = []
         for i, r in enumerate(requests):
             m = mapped.get(i)
@@ -202,10 +242,12 @@ class CpuFiller(Filler):
             if self.reader.verify:
                 m.verify(again=self.drop_cache)
             out.append(torch.from_numpy(m.data()))
-        self._count(sum(r.nbytes for r in requests))
-        if self.drop_cache:  # mapped pages are dropped on release, once unmapped
+        n = sum(r.nbytes for r in requests)
+        self._count(n)
+        if self.drop_cache and not keep:  # mapped pages are dropped on release, once unmapped
             self._drop([r for i, r in enumerate(requests) if i not in mapped])
-        return out
+        return Filled(tensors=out, host=HostCopy(n, list(out)) if keep else None,
+                      from_storage=n)
 
     def _drop(self, requests: Sequence[FillRequest]) -> None:
         # the bytes now live in the budgeted buffer (or are done with): no second copy in the
@@ -215,18 +257,24 @@ class CpuFiller(Filler):
             for key in r.layout.object_keys():
                 store.drop_cache(key)
 
-    def release(self, requests: Sequence[FillRequest], tensors: list[torch.Tensor]) -> None:
+    def release(self, requests: Sequence[FillRequest], tensors: list[torch.Tensor], *,
+                kept: bool = False) -> None:
         # the last references die on the worker, so unmapping (page-table teardown, TLB
         # shootdowns) stays off the compute thread; then the pages leave the cache if asked
         def drop() -> None:
             tensors.clear()
-            if self.drop_cache:
+            if self.drop_cache and not kept:
                 self._drop(requests)
 
-        if self.worker is None:
+        if kept:
+            tensors.clear()  # the host copy keeps the memory: nothing is unmapped
+        elif self.worker is None:
             drop()
         else:
             self.worker.submit(drop)
+
+    def free_host(self, requests: Sequence[FillRequest], host: HostCopy) -> None:
+        self.release(requests, host.tensors)
 
 
 def _fresh(r: FillRequest) -> np.ndarray[Any, Any]:
@@ -257,13 +305,42 @@ class CudaFiller(Filler):
         ev.record(torch.cuda.current_stream(self.device))
         return buf, ev
 
-    def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any
-               ) -> Future[Any]:
+    def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any, *,
+               host: HostCopy | None = None, keep: bool = False) -> Future[Filled]:
+        if host is not None:  # host tier -> device: one asynchronous copy, queued from here
+            return _done(self._from_host, host, dst, after)
+        fill = self._fill_kept if keep else self._fill
         if self.worker is None:  # prefetch=0: synchronous, on the caller's thread
-            return _done(self._fill, requests, dst, after)
-        return self.worker.submit(self._fill, requests, dst, after)
+            return _done(fill, requests, dst, after)
+        return self.worker.submit(fill, requests, dst, after)
 
-    def _fill(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any) -> Any:
+    def _from_host(self, host: HostCopy, dst: torch.Tensor, after: Any) -> Filled:
+        stream = self.copy_stream
+        stream.wait_event(after)
+        with torch.cuda.stream(stream):
+            dst.copy_(host.tensors[0][: dst.numel()], non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        return Filled(ready=ready, from_host=host.nbytes)
+
+    def _fill_kept(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any
+                   ) -> Filled:
+        """Read the unit into a new pinned buffer laid out like ``dst`` (it becomes the host
+        copy), then one copy to the device."""
+        pinned = pinned_buffer(dst.numel())
+        arr = pinned.numpy()
+        self.reader.read_rows(
+            RowRequest(r.layout, 0, r.layout.rows,
+                       memoryview(arr[r.dst_offset : r.dst_offset + r.nbytes]))
+            for r in requests if r.nbytes
+        )
+        host = HostCopy(dst.numel(), [pinned])
+        done = self._from_host(host, dst, after)
+        n = sum(r.nbytes for r in requests)
+        self._count(n)
+        return Filled(ready=done.ready, host=host, from_storage=n)
+
+    def _fill(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any) -> Filled:
         stream = self.copy_stream
         stream.wait_event(after)
         for group in plan_pieces(requests, self.slot_bytes):
@@ -285,8 +362,9 @@ class CudaFiller(Filler):
                 self._free.put(i)
         ready = torch.cuda.Event()
         ready.record(stream)
-        self._count(sum(r.nbytes for r in requests))
-        return ready
+        n = sum(r.nbytes for r in requests)
+        self._count(n)
+        return Filled(ready=ready, from_storage=n)
 
     def close(self) -> None:
         super().close()

@@ -8,6 +8,11 @@ A unit's lifecycle: absent -> in flight (buffer allocated and counted, fill runn
 (parameters point into its buffer) -> absent again on eviction (parameters point to a tiny
 placeholder). A unit is never evicted while pinned (between its hook module's pre- and
 post-forward hooks, or while a guarded op outside that module uses it).
+
+Tiers (:mod:`bigstore.plan.residency`): after each recorded pass the pager plans which units
+stay on the device for good and which keep a host copy (host RAM, ``host_budget``) between
+uses; a fill of a unit with a host copy reads nothing from storage. Until the first pass is
+recorded, host copies are kept first come, first served while the host budget allows.
 """
 
 from __future__ import annotations
@@ -16,18 +21,30 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import BudgetError
 from ..format import ArrayLayout
-from ..io import Filler, FillRequest
-from ..plan.schedule import NEVER, Schedule, choose_victims, plan_layout, plan_resident
+from ..io import Filled, Filler, FillRequest, HostCopy
+from ..plan.residency import Tiers, plan_tiers
+from ..plan.schedule import NEVER, Schedule, choose_victims, plan_layout
 from ._units import Unit
 
-__all__ = ["Pager", "PagerStats"]
+__all__ = ["PassBytes", "Pager", "PagerStats"]
+
+
+@dataclass
+class PassBytes:
+    """Where the bytes of the units one pass used came from."""
+
+    storage: int = 0  # read from the store (disk, page cache, object storage)
+    host: int = 0  # copied from the host tier
+    resident: int = 0  # already on the device
+
+    def to_dict(self) -> dict[str, int]:
+        return {"storage": self.storage, "host": self.host, "resident": self.resident}
 
 
 @dataclass
@@ -40,7 +57,11 @@ class PagerStats:
     bytes_loaded: int = 0
     resident_bytes: int = 0
     peak_resident_bytes: int = 0
+    host_bytes: int = 0  # held by host copies
     passes: int = 0
+    this_pass: PassBytes = field(default_factory=PassBytes)
+    last_pass: PassBytes = field(default_factory=PassBytes)  # the last completed pass
+    total: PassBytes = field(default_factory=PassBytes)
 
 
 @dataclass
@@ -52,10 +73,11 @@ class _UnitState:
     nbytes: int
     requests: list[FillRequest]
     buf: torch.Tensor | None = None
-    future: Future[Any] | None = None
+    future: Future[Filled] | None = None
     loaded: bool = False
     pins: int = 0
-    extra: list[int] = field(default_factory=list)
+    host: HostCopy | None = None  # the unit's host-tier copy, when it keeps one
+    keeping: bool = False  # a fill in flight was asked to make a host copy (bytes reserved)
 
 
 class Pager:
@@ -67,12 +89,14 @@ class Pager:
         filler: Filler,
         *,
         budget: int,
+        host_budget: int,
         fixed_bytes: int,
         prefetch: int,
         align: int,
     ) -> None:
         self.filler = filler
         self.budget = budget
+        self.host_budget = host_budget
         self.prefetch = prefetch
         self.stats = PagerStats(resident_bytes=fixed_bytes, peak_resident_bytes=fixed_bytes)
         self.fixed_bytes = fixed_bytes
@@ -85,29 +109,79 @@ class Pager:
         self.sizes = {s.unit.index: s.nbytes for s in self.units}
         # until the first pass is recorded, guess registration order (for prefetching only)
         self.schedule = Schedule(tuple(range(len(self.units))), provisional=True)
-        self.resident_set: frozenset[int] = frozenset()
+        self.tiers = Tiers(frozenset(), frozenset())
         self.cursor = 0
         self._recording: list[int] = []
         self.frames: list[list[int]] = []
         self.busy = False  # set while the pager itself touches parameters (the guard skips)
 
     # -- passes -------------------------------------------------------------------------------
+    @property
+    def resident_set(self) -> frozenset[int]:
+        return self.tiers.device
+
     def begin_pass(self) -> None:
         self.cursor = 0
         self._recording = []
+        self.stats.this_pass = PassBytes()
 
     def end_pass(self) -> None:
+        """Close a pass (also one that raised midway, even with KeyboardInterrupt)."""
         self.stats.passes += 1
         for st in self.units:  # a pass that raised midway must not leave pins behind
             st.pins = 0
         self.frames = []
+        self.stats.last_pass = self.stats.this_pass
+        t, p = self.stats.total, self.stats.this_pass
+        t.storage += p.storage
+        t.host += p.host
+        t.resident += p.resident
         seq = tuple(self._recording)
         if seq and (seq != self.schedule.seq or self.schedule.provisional):
             self.schedule = Schedule(seq)
-            self.resident_set = plan_resident(
-                self.schedule, self.sizes, self.budget - self.fixed_bytes, self.prefetch
-            )
+            self.replan()
         self.cursor = 0
+
+    def replan(self, budget: int | None = None, host_budget: int | None = None) -> None:
+        """Place the units in the tiers for the recorded order (and new budgets, if given);
+        host copies the new plan does not keep are freed."""
+        if budget is not None:
+            if budget < self.stats.resident_bytes:
+                for st in self.units:  # shrink: evict what the new budget cannot hold
+                    if st.loaded and st.pins == 0 and self.stats.resident_bytes > budget:
+                        self._evict(st)
+                if self.stats.resident_bytes > budget:
+                    raise BudgetError(f"cannot shrink the budget to {budget} bytes while "
+                                      f"units in use hold {self.stats.resident_bytes}")
+            self.budget = budget
+        if host_budget is not None:
+            self.host_budget = host_budget
+        if self.schedule.provisional:
+            self.tiers = Tiers(frozenset(), frozenset())
+        else:
+            self.tiers = plan_tiers(self.schedule, self.sizes, self.budget - self.fixed_bytes,
+                                    self.host_budget, self.prefetch)
+        for st in self.units:
+            if st.host is not None and st.unit.index not in self.tiers.host:
+                self._free_host(st)
+        while self.stats.host_bytes > self.host_budget:  # first-come copies over a new budget
+            victim = next(st for st in self.units if st.host is not None)
+            self._free_host(victim)
+
+    def _free_host(self, st: _UnitState) -> None:
+        assert st.host is not None
+        host, st.host = st.host, None
+        self.stats.host_bytes -= host.nbytes
+        if not st.loaded:
+            self.filler.free_host(st.requests, host)
+
+    def _keeps_host(self, st: _UnitState) -> bool:
+        """Whether a fill from storage should leave a host copy behind."""
+        if self.host_budget <= 0 or st.unit.index in self.tiers.device:
+            return False
+        if self.schedule.provisional:  # nothing recorded yet: first come, first served
+            return self.stats.host_bytes + st.nbytes <= self.host_budget
+        return st.unit.index in self.tiers.host
 
     # -- acquire / release --------------------------------------------------------------------
     def acquire(self, u: int) -> None:
@@ -123,7 +197,9 @@ class Pager:
                 self.cursor = self.schedule.resync(u, self.cursor)
             st.pins += 1
             try:
-                if not st.loaded and st.future is None:
+                if st.loaded:
+                    self.stats.this_pass.resident += st.nbytes
+                elif st.future is None:
                     self.stats.demand_loads += 1
                     self._start(st, demand=True)
                 self._prefetch()
@@ -165,7 +241,11 @@ class Pager:
             self.stats.peak_resident_bytes, self.stats.resident_bytes
         )
         assert self.stats.resident_bytes <= self.budget, "pager accounting exceeded the budget"
-        st.future = self.filler.submit(st.requests, buf, alloc_event)
+        keep = st.host is None and self._keeps_host(st)
+        if keep:  # counted from now: the copy is being made
+            self.stats.host_bytes += st.nbytes
+        st.keeping = keep
+        st.future = self.filler.submit(st.requests, buf, alloc_event, host=st.host, keep=keep)
         return True
 
     def _finish(self, st: _UnitState) -> None:
@@ -175,16 +255,22 @@ class Pager:
         fut = st.future
         assert fut is not None and st.buf is not None
         try:
-            ready = fut.result()
+            filled = fut.result()
         except BaseException:
+            self._unreserve(st)
             self._drop(st)
             raise
-        if isinstance(ready, list):  # CPU: one tensor per weight (mapped or read)
-            for p, w, t in zip(st.params, st.unit.weights, ready):
+        if filled.host is not None and st.keeping:
+            st.host, st.keeping = filled.host, False
+        self._unreserve(st)  # a copy was asked for and not made
+        self.stats.this_pass.storage += filled.from_storage
+        self.stats.this_pass.host += filled.from_host
+        if filled.tensors is not None:  # CPU: one tensor per weight (mapped or read)
+            for p, w, t in zip(st.params, st.unit.weights, filled.tensors):
                 p.data = t.view(w.dtype).view(w.shape)
         else:
-            if ready is not None:  # CUDA: kernels queued from now on wait for the copies
-                torch.cuda.current_stream(self.filler.device).wait_event(ready)
+            if filled.ready is not None:  # CUDA: kernels queued from now on wait for the copies
+                torch.cuda.current_stream(self.filler.device).wait_event(filled.ready)
             buf = st.buf
             for p, w, off in zip(st.params, st.unit.weights, st.offsets):
                 p.data = buf[off : off + w.nbytes].view(w.dtype).view(w.shape)
@@ -192,6 +278,11 @@ class Pager:
         st.loaded = True
         self.stats.loads += 1
         self.stats.bytes_loaded += st.nbytes
+
+    def _unreserve(self, st: _UnitState) -> None:
+        if st.keeping:
+            st.keeping = False
+            self.stats.host_bytes -= st.nbytes
 
     def _prefetch(self) -> None:
         if self.prefetch <= 0:
@@ -244,7 +335,7 @@ class Pager:
         for p, ph in zip(st.params, st.placeholders):
             p.data = ph
         self._drop(st)
-        self.filler.release(st.requests, old)
+        self.filler.release(st.requests, old, kept=st.host is not None)
         self.stats.evictions += 1
 
     def _drop(self, st: _UnitState) -> None:
@@ -262,4 +353,7 @@ class Pager:
                     st.future.result()
             for p, ph in zip(st.params, st.placeholders):
                 p.data = ph
+            self._unreserve(st)
             self._drop(st)
+            if st.host is not None:
+                self._free_host(st)

@@ -12,17 +12,24 @@ How it works (details in each module):
   pinned ring, copy stream and events on CUDA.
 
 Hooks: a pre-forward hook on each unit's module pins the unit (loading it if needed), the
-post-forward hook unpins it. While the root module runs, a torch-function mode (the *guard*)
-watches every op's arguments: an op reading a parameter outside its module's forward (a head
-tied to the embedding applied as ``x @ emb.weight.T``, say) loads and pins that unit for the
-rest of the calling module's forward, and the recorded order lets the next pass prefetch it.
-So a weight is never read while absent: outputs are those of the resident model, bit for bit.
+post-forward hook unpins it. The root module's ``forward`` is wrapped: one pass at a time (a
+lock serialises threads calling the model), and a ``finally`` that closes the pass whatever
+ends it - an exception or a ``KeyboardInterrupt`` (torch runs ``always_call`` hooks for
+``Exception`` only) - so the handle keeps working after Ctrl-C. While the root module runs, a
+torch-function mode (the *guard*) watches every op's arguments: an op reading a parameter
+outside its module's forward (a head tied to the embedding applied as ``x @ emb.weight.T``,
+say) loads and pins that unit for the rest of the calling module's forward, and the recorded
+order lets the next pass prefetch it. So a weight is never read while absent: outputs are those
+of the resident model, bit for bit. The model is put in eval mode while offloaded (dropout off).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
+import threading
+import weakref
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -30,12 +37,12 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..config import OffloadConfig, ReadConfig, parse_bytes
+from ..config import HOST_FRACTION, OffloadConfig, ReadConfig, available_memory, parse_bytes
 from ..errors import BigstoreError, BudgetError, DTypeError, MissingTensorError, ShapeError
 from ..io import Filler, make_filler
 from ..plan.schedule import plan_layout
 from ..store import CachedStore, Store, open_store
-from ._pager import Pager, PagerStats
+from ._pager import Pager, PagerStats, PassBytes
 from ._units import (
     Unit,
     UnitSpec,
@@ -101,7 +108,7 @@ class OffloadedModel:
     def __init__(
         self, module: nn.Module, pager: Pager, filler: Filler, ts: TensorStore,
         config: OffloadConfig, restore: list[tuple[dict[str, Any], str, Any]],
-        handles: list[Any],
+        handles: list[Any], undo: list[Callable[[], None]],
     ) -> None:
         self.module = module
         self.pager = pager
@@ -110,17 +117,52 @@ class OffloadedModel:
         self.config = config
         self._restore = restore
         self._handles = handles
+        self._undo = undo
         self.closed = False
+
+    def _closed_error(self) -> BigstoreError:
+        return BigstoreError(
+            "this offloaded model has been closed (its module is restored to what it was "
+            "before offload(); offload it again to run it)"
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.closed:
-            raise BigstoreError("this offloaded model has been closed")
+            raise self._closed_error()
         return self.module(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name in ("module", "pager", "filler", "closed"):
             raise AttributeError(name)
+        if self.closed:
+            raise self._closed_error()
         return getattr(self.module, name)
+
+    def residency(self) -> list[dict[str, Any]]:
+        """Where each unit lives now (``device``, ``host`` or ``storage``), its planned tier,
+        and its size."""
+        out = []
+        for st in self.pager.units:
+            where = "device" if st.loaded else "host" if st.host is not None else "storage"
+            out.append({"unit": st.unit.name, "nbytes": st.nbytes, "now": where,
+                        "plan": self.pager.tiers.tier(st.unit.index)})
+        return out
+
+    @property
+    def last_pass(self) -> PassBytes:
+        """Bytes the last complete forward pass took from storage, from the host tier, and
+        found already on the device."""
+        return self.pager.stats.last_pass
+
+    def set_budgets(self, budget: int | str | None = None,
+                    host_budget: int | str | None = None) -> None:
+        """Change the device and/or host budget; the units are placed again at once."""
+        if self.closed:
+            raise self._closed_error()
+        self.pager.replan(
+            None if budget is None else parse_bytes(budget),
+            None if host_budget is None else parse_bytes(host_budget),
+        )
 
     @property
     def units(self) -> list[Unit]:
@@ -145,6 +187,9 @@ class OffloadedModel:
         for table, key, original in reversed(self._restore):
             table[key] = original
         self._restore.clear()
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
         self.tensor_store.close()
 
     def __enter__(self) -> OffloadedModel:
@@ -232,6 +277,7 @@ def offload(
     *,
     device: str | torch.device | None = None,
     budget: int | str = OffloadConfig.budget,
+    host_budget: int | str | None = OffloadConfig.host_budget,
     prefetch: int = OffloadConfig.prefetch,
     storage_options: Mapping[str, Any] | None = None,
     units: UnitSpec = None,
@@ -245,19 +291,30 @@ def offload(
     """Page ``model``'s weights from the store at ``url`` into ``device`` as its forward needs.
 
     ``model`` is usually a skeleton (see :func:`skeleton`): its parameters need no values.
-    At most ``budget`` bytes of weights are resident on ``device`` at any time; ``prefetch``
-    units are read ahead in the order recorded on the first forward pass. ``units``: module
-    names (or a predicate ``(name, module) -> bool``) whose subtrees are each paged as one
-    unit; by default each block of the model's repeated layer list. The model is meant for
-    inference: its parameters are made ``requires_grad=False`` while offloaded.
+    At most ``budget`` bytes of weights are resident on ``device`` at any time; ``host_budget``
+    bytes of host RAM keep units between uses (None: "auto", see
+    :class:`~bigstore.config.OffloadConfig`; 0: off), so later passes read no storage;
+    ``prefetch`` units are read ahead in the order recorded on the first forward pass.
+    ``units``: module names (or a predicate ``(name, module) -> bool``) whose subtrees are each
+    paged as one unit; by default each block of the model's repeated layer list. The model is
+    meant for inference: it is put in eval mode and its parameters are made
+    ``requires_grad=False`` while offloaded. One forward pass runs at a time (calls from
+    several threads wait for each other). A module can be offloaded once at a time.
     Returns an :class:`OffloadedModel`; close it to restore the plain module.
     """
     dev = torch.device(device if device is not None else
                        ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
+    if any(m in _OFFLOADED for m in model.modules()):
+        raise BigstoreError(
+            f"this {type(model).__name__} (or a module inside it) is already offloaded: close "
+            "that handle first (offloading it twice would leave placeholders behind)"
+        )
     config = OffloadConfig(
-        budget=parse_bytes(budget), prefetch=prefetch, staging_bytes=parse_bytes(staging_bytes),
+        budget=parse_bytes(budget),
+        host_budget=None if host_budget is None else parse_bytes(host_budget),
+        prefetch=prefetch, staging_bytes=parse_bytes(staging_bytes),
         drop_cache=drop_cache, guard=guard,
         cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
         cache_bytes=parse_bytes(cache_bytes),
@@ -321,35 +378,77 @@ def _offload(
         drop_cache=config.drop_cache and ts.store.local_file("zarr.json") is not None,
         slots=max(2, config.prefetch + 1), slot_bytes=max(config.staging_bytes, max_row),
     )
+    host = config.host_budget
+    if host is None:  # "auto": a share of the RAM available now, never more than the units
+        host = min(sum(u.nbytes for u in units), int(HOST_FRACTION * available_memory()))
     pager = Pager(
-        units, params, layouts, filler, budget=config.budget, fixed_bytes=fixed,
-        prefetch=config.prefetch, align=config.align,
+        units, params, layouts, filler, budget=config.budget, host_budget=host,
+        fixed_bytes=fixed, prefetch=config.prefetch, align=config.align,
     )
-    handles = _install_hooks(model, units, pager, _Guard(pager, owner) if config.guard else None)
-    return OffloadedModel(model, pager, filler, ts, config, restore, handles)
+    undo: list[Callable[[], None]] = []
+    was_training = model.training
+    model.eval()
+
+    def restore_mode() -> None:
+        model.train(was_training)
+
+    undo.append(restore_mode)
+    handles = _install_hooks(model, units, pager, _Guard(pager, owner) if config.guard else None,
+                             undo)
+    _OFFLOADED.add(model)
+    undo.append(lambda: _OFFLOADED.discard(model))
+    return OffloadedModel(model, pager, filler, ts, config, restore, handles, undo)
+
+
+# modules offloaded now: offloading one twice is refused
+_OFFLOADED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def _install_hooks(
-    model: nn.Module, units: list[Unit], pager: Pager, guard: _Guard | None
+    model: nn.Module, units: list[Unit], pager: Pager, guard: _Guard | None,
+    undo: list[Callable[[], None]],
 ) -> list[Any]:
+    """Hooks on every unit's modules, and the root's ``forward`` wrapped to bracket a pass."""
     handles: list[Any] = []
-    depth = [0]
+    lock = threading.RLock()  # one pass at a time; re-entrant for nested calls of the root
+    depth = 0
+    root_units = [u.index for u in units if "" in u.hook_modules]
+    had_own = "forward" in model.__dict__
+    bound = model.forward
 
-    def pass_begin(_m: nn.Module, _a: Any) -> None:
-        depth[0] += 1
-        if depth[0] == 1:
+    @functools.wraps(bound)  # keeps the signature (generate() inspects it)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        nonlocal depth
+        with lock:
+            if depth:
+                return bound(*args, **kwargs)
+            depth = 1
             pager.begin_pass()
             pager.push_frame()
             if guard is not None:
                 guard.__enter__()
+            try:
+                for u in root_units:
+                    pager.acquire(u)
+                return bound(*args, **kwargs)
+            finally:  # whatever ended the pass, KeyboardInterrupt included
+                depth = 0
+                for u in root_units:
+                    pager.release(u)
+                if guard is not None:
+                    guard.__exit__(None, None, None)
+                pager.pop_frame()
+                pager.end_pass()
 
-    def pass_end(_m: nn.Module, _a: Any, _o: Any) -> None:
-        depth[0] -= 1
-        if depth[0] == 0:
-            if guard is not None:
-                guard.__exit__(None, None, None)
-            pager.pop_frame()
-            pager.end_pass()
+    model.forward = forward
+
+    def unwrap() -> None:
+        if had_own:
+            model.forward = bound
+        else:
+            del model.forward
+
+    undo.append(unwrap)
 
     def unit_begin(u: int, _m: nn.Module, _a: Any) -> None:
         pager.acquire(u)
@@ -359,13 +458,13 @@ def _install_hooks(
         pager.pop_frame()
         pager.release(u)
 
-    handles.append(model.register_forward_pre_hook(pass_begin, prepend=True))
     for u in units:
         for name in u.hook_modules:
+            if name == "":  # the root's own parameters: acquired by the wrapper above
+                continue
             mod = model.get_submodule(name)
             handles.append(mod.register_forward_pre_hook(partial(unit_begin, u.index)))
             handles.append(
                 mod.register_forward_hook(partial(unit_end, u.index), always_call=True)
             )
-    handles.append(model.register_forward_hook(pass_end, always_call=True))
     return handles

@@ -44,6 +44,7 @@ def test_offload_from_s3_with_cache(s3_url: tuple[str, dict[str, Any]], tmp_path
     budget = 2 * unit + 4096
     kwargs: dict[str, Any] = {
         "device": "cpu", "budget": budget, "storage_options": opts, "cache_dir": cache,
+        "host_budget": 0,  # no host tier: every pass reads the store (here: its cache)
     }
     with offload(_skel(), url, **kwargs) as m, torch.no_grad():
         assert isinstance(m.tensor_store.store, CachedStore)

@@ -42,7 +42,8 @@ CHILD = textwrap.dedent(
     x, want = torch.load(x_path)
     with skeleton():
         sk = Stack()
-    m = offload(sk, url, device="cpu", budget=budget, prefetch=2)
+    # no host tier, pages dropped after use: the process holds only what the budget allows
+    m = offload(sk, url, device="cpu", budget=budget, prefetch=2, host_budget=0, drop_cache=True)
     with torch.no_grad():
         # one-time costs that do not scale with the model: torch's kernels, and the JIT-compiled
         # chunk planner (numba, ~45 MiB on first use)
