@@ -77,3 +77,8 @@ class ReadConfig:
     @property
     def n_threads(self) -> int:
         return self.threads or default_io_threads()
+
+
+# A category (dictionary) column keeps its categories in the dataset's root document, which
+# every open reads: past this many distinct values store the column as plain strings instead.
+DATASET_MAX_CATEGORIES = 1 << 16

@@ -92,3 +92,13 @@ class BudgetError(BigstoreError, MemoryError):
 
 class UnsupportedSourceError(BigstoreError, ValueError):
     """A conversion source or destination bigstore does not know how to read or write."""
+
+
+class IndexOutOfRangeError(BigstoreError, IndexError):
+    """A sample or row index outside the dataset or tensor."""
+
+
+class InvalidIndexError(BigstoreError, IndexError, TypeError):
+    """An index bigstore does not accept: a float, a string, None, a bool, a tuple of axes,
+    a mask of the wrong length. Also an ``IndexError`` and a ``TypeError``, as numpy raises
+    one or the other for these."""

@@ -19,6 +19,7 @@ import numpy as np
 from ..config import MiB, default_io_threads, parse_bytes
 from ..errors import BigstoreError, ShapeError
 from ._chunks import ChunkLoader, ChunkPools
+from ._kinds import decode_batch
 from ._mapped import MappedPrefetcher, mapped_arrays
 from ._prefetch import PrefetchConfig, Prefetcher
 from .order import (
@@ -326,7 +327,7 @@ class Loader:
     def _deliver(self, pf: Any, n: int) -> Iterator[Any]:
         try:
             for _ in range(n):
-                batch = next(pf)
+                batch = decode_batch(self.columns, next(pf), self.config.device)
                 self._state.batches += 1  # counted when handed over: never lost, never repeated
                 out = to_device(batch, self.config)
                 yield self.config.transform(out) if self.config.transform else out

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -27,14 +27,16 @@ from ..format.root import write_root
 from ..io import get_executor
 from ..store import Store, open_store
 from ..weights._publish import check_replaceable, discard, make_staging, publish
-from ._schema import ArraySpec, DatasetLayout, group_doc
+from ._conform import Conformer, Stored, VarBatch, parse_schema
+from ._schema import ArraySpec, ColumnSpec, DatasetLayout, group_doc
 from ._shard import ShardReader, encode_shard
-from ._source import Batch, VarBatch, conform, infer_column, iter_batches
+from ._source import Batch, iter_batches
 
 __all__ = ["write_dataset", "DatasetWriteConfig"]
 
 _MAX_CHUNKS_PER_SHARD = 4096  # the shard index (16 B per chunk) stays <= 64 KiB
 _IN_FLIGHT = 4  # shards being encoded/written at once, per dataset write
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ class _ArrayWriter:
         return self.spec.with_rows(self.rows)
 
 
-def _choose_chunk_rows(first: Batch, cfg: DatasetWriteConfig) -> int:
+def _choose_chunk_rows(first: dict[str, Stored], cfg: DatasetWriteConfig) -> int:
     if cfg.chunk_rows is not None:
         return cfg.chunk_rows
     n = max(1, len(next(iter(first.values()))))
@@ -129,9 +131,10 @@ def _new_array(
     return ArraySpec(path, 0, inner, spec_dtype, chunk_rows, per_shard, cfg.codec)
 
 
-def _new_layout(first: Batch, cfg: DatasetWriteConfig) -> DatasetLayout:
+def _new_layout(
+    first: dict[str, Stored], columns: tuple[ColumnSpec, ...], cfg: DatasetWriteConfig
+) -> DatasetLayout:
     chunk_rows = _choose_chunk_rows(first, cfg)
-    columns = tuple(infer_column(name, col) for name, col in first.items())
     arrays: dict[str, ArraySpec] = {}
     from ..format.dtypes import dtype_spec
 
@@ -175,20 +178,29 @@ def _write_batches(
     batches: Iterable[Batch],
     cfg: DatasetWriteConfig,
     bar: Any,
+    schema: Any = None,
 ) -> DatasetLayout:
     it = iter(batches)
     writers: dict[str, _ArrayWriter] = {}
+    targets = parse_schema(schema)
     if layout is None:
         first = next(it, None)
         if first is None:
             raise ShapeError("the source holds no samples (no batches)")
-        layout = _new_layout(first, cfg)
+        conformer = Conformer.infer(first, targets)
+        stored = conformer.stored_batches(_chain(first, it))
+        head = next(stored)  # checked and converted: the layout is sized on stored bytes
+        layout = _new_layout(head, conformer.columns, cfg)
         writers = {p: _ArrayWriter(store, a, None) for p, a in layout.arrays.items()}
-        it = _chain(first, it)
+        stored = _chain(head, stored)
     else:
+        conformer = Conformer.resume(layout.columns, targets)
+        stored = conformer.stored_batches(it)
         writers = _resume_writers(store, layout)
     try:
-        return _write_all(layout, writers, it, bar)
+        new = _write_all(layout, writers, stored, bar)
+        # category dictionaries may have grown
+        return DatasetLayout(new.num_rows, new.chunk_rows, conformer.columns, new.arrays)
     except BaseException:
         for w in writers.values():  # let in-flight shard writes land before anyone cleans up
             w.drain()
@@ -196,7 +208,10 @@ def _write_batches(
 
 
 def _write_all(
-    layout: DatasetLayout, writers: dict[str, _ArrayWriter], it: Iterator[Batch], bar: Any
+    layout: DatasetLayout,
+    writers: dict[str, _ArrayWriter],
+    it: Iterator[dict[str, Stored]],
+    bar: Any,
 ) -> DatasetLayout:
     names = [c.name for c in layout.columns]
     num_rows = layout.num_rows
@@ -206,7 +221,7 @@ def _write_all(
                 f"batch {b} has columns {sorted(batch)}; the dataset has {sorted(names)}"
             )
         for c in layout.columns:
-            col = conform(c, batch[c.name], b)
+            col = batch[c.name]
             if isinstance(col, VarBatch):
                 vw = writers[f"{c.name}/values"]
                 ends = vw.rows + np.cumsum(col.lengths, dtype=np.int64)
@@ -223,7 +238,7 @@ def _write_all(
     return DatasetLayout(num_rows, layout.chunk_rows, layout.columns, arrays)
 
 
-def _chain(first: Batch, rest: Iterable[Batch]) -> Iterator[Batch]:
+def _chain(first: _T, rest: Iterable[_T]) -> Iterator[_T]:
     yield first
     yield from rest
 
@@ -258,6 +273,7 @@ def write_dataset(
     mode: Literal["w", "a"] = "w",
     columns: Iterable[str] | None = None,
     variable: Iterable[str] = (),
+    schema: Any = None,
     progress: bool = False,
 ) -> DatasetLayout:
     """Write ``source`` as a dataset at ``url``; returns the layout written.
@@ -270,6 +286,13 @@ def write_dataset(
     shard_bytes: target bytes per shard object. codec: None, "zstd[:level]" or "gzip[:level]".
     mode: "w" replaces atomically; "a" appends samples (the layout and codec of the existing
     dataset are kept; ``chunk_rows``/``codec`` are then ignored).
+    schema: column -> dtype (numpy dtype or name, torch dtype, "bfloat16", "str", "bytes",
+    "datetime64[ns]", a pyarrow type), or a ``pyarrow.Schema``: the stored type of those
+    columns, the first batch included (other columns take the first batch's type).
+
+    Values are stored exactly or not at all: a batch whose values do not all fit the
+    column's stored type (a later batch, or an append, in another dtype) raises a
+    ``DTypeError`` naming the column, batch and value, before anything is committed.
     """
     if mode not in ("w", "a"):
         raise InvalidKeyError(f"mode must be 'w' or 'a', got {mode!r}")
@@ -291,13 +314,13 @@ def write_dataset(
             except StoreNotFoundError:
                 layout = None
             if layout is not None:
-                new = _write_batches(target, layout, batches, cfg, bar)
+                new = _write_batches(target, layout, batches, cfg, bar, schema)
                 _commit(target, new)
                 return new
         check_replaceable(target)
         stage = make_staging(target)
         try:
-            new = _write_batches(stage, None, batches, cfg, bar)
+            new = _write_batches(stage, None, batches, cfg, bar, schema)
             _commit(stage, new)
             publish(stage, target)
         except BaseException:
