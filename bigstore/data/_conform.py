@@ -262,6 +262,11 @@ def _infer(name: str, enc: Encoded, target: Target | None) -> ColumnSpec:
 
 def _conform(spec: ColumnSpec, enc: Encoded, b: int) -> tuple[Stored, ColumnSpec]:
     where = f"column {spec.name!r}, batch {b}"
+    if len(enc) == 0:  # no samples: nothing to check, whatever the batch says it holds
+        storage = spec.dtype.storage
+        if spec.variable:
+            return VarBatch(spec.kind, np.empty(0, storage), np.empty(0, np.int64)), spec
+        return np.empty((0, *spec.shape), storage), spec
     if _category(spec.logical):
         return _to_categories(spec, enc, where)
     if _category(enc.logical):

@@ -31,7 +31,9 @@ def convert_exact(values: Arr, src: DTypeSpec, dst: DTypeSpec) -> tuple[Arr, int
     if src.raw_bits or dst.raw_bits:
         return _via_torch(values, src, dst)
     target = dst.storage
-    if exact_widening(values.dtype, target) or values.size == 0:
+    if values.size == 0:
+        return np.empty(values.shape, target), None
+    if exact_widening(values.dtype, target):
         return values.astype(target), None
     bad = _misfits(values, target)
     if bad.any():

@@ -513,9 +513,13 @@ def _decode(col: ColumnSpec, value: Any, device: Any) -> Any:
 def _decode_elements(col: ColumnSpec, arr: Arr, device: Any) -> Any:
     if col.logical is not None:
         return arr if device is not None else arr.view(col.logical.numpy_dtype)
+    import torch
+
     from ..weights._arrays import from_storage_array
 
     t = from_storage_array(np.ascontiguousarray(arr), col.dtype)
+    if not t.numel():  # numpy gives empty copies stride 0, which torch cannot view
+        t = torch.empty(t.shape, dtype=t.dtype)
     return t if device is None else t.to(device)
 
 
