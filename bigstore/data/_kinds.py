@@ -272,6 +272,10 @@ def _from_items(name: str, items: list[Any], variable: bool) -> Encoded:
             )
     if all(type(x) in (int, float, bool) for x in items) and len({type(x) for x in items}) == 1:
         return _from_numpy(name, _python_scalars(name, items))  # fast: one conversion
+    if all(type(x) is np.ndarray for x in items) and len({x.dtype for x in items}) == 1:
+        fast = _same_dtype_arrays(name, items, variable)  # the common case, without per-sample work
+        if fast is not None:
+            return fast
     samples = [_sample(name, i, x) for i, x in enumerate(items)]
     known = [s for s in samples if s[1] is not None]
     spec, logical = _common(name, known)
@@ -294,6 +298,23 @@ def _from_items(name: str, items: list[Any], variable: bool) -> Encoded:
         f"column {name!r} is ragged: samples have shapes {sorted(shapes)[:4]}...; fixed-shape "
         "columns need one shape, variable-length columns must be 1-D lists, bytes or strings"
     )
+
+
+def _same_dtype_arrays(name: str, items: list[Arr], variable: bool) -> Encoded | None:
+    dt = items[0].dtype
+    if dt.kind not in "biufc" or not dt.isnative:
+        return None
+    try:
+        spec = dtype_spec(dt)
+    except DTypeError as e:
+        raise DTypeError(f"column {name!r}: {e}") from None
+    shapes = {x.shape for x in items}
+    if len(shapes) == 1 and not variable:
+        return Encoded("fixed", np.stack(items), None, spec)
+    if all(len(s) == 1 for s in shapes):
+        lengths = np.fromiter((x.shape[0] for x in items), np.int64, len(items))
+        return Encoded("list", np.concatenate(items), lengths, spec)
+    return None
 
 
 def _python_scalars(name: str, items: list[Any]) -> Arr:

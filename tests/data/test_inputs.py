@@ -299,3 +299,26 @@ def test_column_descriptions_old_and_new() -> None:
     ):
         with pytest.raises(NotAStoreError):
             ColumnSpec.from_json(broken)
+
+
+@pytest.mark.parametrize("codec", [None, "zstd"])  # zero-copy mapped loader, and chunk reads
+def test_loaders_decode_every_kind(tmp_path: Path, codec: str | None) -> None:
+    n = 40
+    src = {
+        "t": pa.array(np.arange(n) * 1000, pa.timestamp("ms", tz="UTC")),
+        "c": pa.array([["a", "b", "c"][i % 3] for i in range(n)]).dictionary_encode(),
+        "w": torch.arange(2 * n, dtype=torch.float32).reshape(n, 2).bfloat16(),
+    }
+    write_dataset(tmp_path / "ds", pa.table({"t": src["t"], "c": src["c"]}), chunk_rows=8,
+                  codec=codec)
+    write_dataset(tmp_path / "w", {"w": src["w"]}, chunk_rows=8, codec=codec)
+    for kw in ({}, {"shuffle": True, "seed": 1}):
+        got = _loader_batches(tmp_path / "ds", **kw)
+        t = np.concatenate([b["t"] for b in got])
+        c = [x for b in got for x in b["c"]]
+        order = np.argsort(t)
+        assert t.dtype == np.dtype("M8[ms]")
+        assert t[order].view(np.int64).tolist() == list(range(0, n * 1000, 1000))
+        assert [c[i] for i in order] == [["a", "b", "c"][i % 3] for i in range(n)]
+        w = torch.cat([b["w"] for b in _loader_batches(tmp_path / "w", **kw)])
+        assert w.dtype == torch.bfloat16 and sorted(w[:, 0].tolist()) == list(range(0, 2 * n, 2))
