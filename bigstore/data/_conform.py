@@ -279,6 +279,9 @@ def _conform(spec: ColumnSpec, enc: Encoded, b: int) -> tuple[Stored, ColumnSpec
         if enc.kind != spec.kind:
             got = enc.kind if enc.variable else f"fixed shape {enc.shape}"
             raise ShapeError(f"{where}: the dataset stores {spec.kind} values here, got {got}")
+    elif enc.kind in ("str", "bytes"):
+        stored = spec.describe()[1]
+        raise DTypeError(f"{where}: values of {enc.kind}, but the column stores {stored}")
     elif enc.variable:
         raise ShapeError(
             f"{where}: the column is fixed-shape {spec.shape}, but this batch is ragged "

@@ -20,6 +20,8 @@ from ._arrays import from_storage_array
 
 __all__ = ["TensorHandle", "TensorStore", "load", "load_numpy", "open"]
 
+_TAKE_BYTES = 256 << 20  # rows gathered by index are read through spans of at most this much
+
 
 class TensorStore(Mapping[str, "TensorHandle"]):
     """A committed tensor store, opened for reading. A mapping of name -> TensorHandle."""
@@ -277,9 +279,6 @@ class TensorHandle:
             for g, lo, _, buf in batch:
                 out[order[g]] = buf[srt[g] - lo]
         return out
-
-
-_TAKE_BYTES = 256 << 20  # rows gathered by index are read through spans of at most this much
 
 
 class TensorSlice:
