@@ -11,10 +11,9 @@ from typing import Any
 from .errors import BigstoreError
 
 __all__ = [
-    "DATASET_CACHE_BYTES", "HOST_FRACTION", "DatasetWriteConfig", "GiB", "KiB", "LoaderConfig",
-    "MiB", "available_memory",
-    "OffloadConfig", "PrefetchConfig", "QuantizeConfig", "ReadConfig", "WriteConfig",
-    "default_io_threads", "parse_bytes",
+    "DATASET_CACHE_BYTES", "DATASET_MAX_CATEGORIES", "HOST_FRACTION", "DatasetWriteConfig", "GiB",
+    "KiB", "LoaderConfig", "MiB", "OffloadConfig", "PrefetchConfig", "QuantizeConfig",
+    "ReadConfig", "WriteConfig", "available_memory", "default_io_threads", "parse_bytes",
 ]
 
 KiB = 1 << 10
@@ -273,3 +272,7 @@ class QuantizeConfig:
                 except re.error as e:
                     raise BigstoreError(f"bad regular expression in pattern {p!r}: {e}") from None
 
+
+# A category (dictionary) column keeps its categories in the dataset's root document, which
+# every open reads: past this many distinct values store the column as plain strings instead.
+DATASET_MAX_CATEGORIES = 1 << 16

@@ -15,11 +15,14 @@ __all__ = [
     "CorruptChunkError",
     "DTypeError",
     "FormatVersionError",
+    "IndexOutOfRangeError",
     "IncompleteStoreError",
+    "InvalidIndexError",
     "InvalidKeyError",
     "InvalidURLError",
     "MissingTensorError",
     "NotAStoreError",
+    "QuantizeError",
     "ShapeError",
     "StoreChangedError",
     "StoreNotFoundError",
@@ -104,9 +107,17 @@ class UnsupportedSourceError(BigstoreError, ValueError):
     """A conversion source or destination bigstore does not know how to read or write."""
 
 
+class IndexOutOfRangeError(BigstoreError, IndexError):
+    """A sample or row index outside the dataset or tensor."""
+
+
+class InvalidIndexError(BigstoreError, IndexError, TypeError):
+    """An index bigstore does not accept: a float, a string, None, a bool, a tuple of axes,
+    a mask of the wrong length. Also an ``IndexError`` and a ``TypeError``, as numpy raises
+    one or the other for these."""
+
+
 # -- quantized weights (issue 10) -------------------------------------------------------------
 class QuantizeError(BigstoreError, ValueError):
     """A tensor that cannot be quantized as asked (non-finite values, a scale out of range)."""
 
-
-__all__ += ["QuantizeError"]

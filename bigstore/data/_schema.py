@@ -7,6 +7,11 @@ array ``<name>`` of shape (rows, *shape). A variable-length column is a group ``
 (rows, 2): each sample's [start, stop) in ``values``. Storing both ends keeps each offsets chunk
 self-contained (no peek into the previous chunk).
 
+A column's description (in the root document's ``columns``) holds its name, kind, stored
+element dtype, per-sample shape and, for timestamps, durations and categories, a ``logical``
+entry (:class:`LogicalType`): unit and timezone, or the category dictionary. Descriptions
+without one (every column written before logical types existed) read as plain numbers.
+
 Arrays are sharded (zarr's ``sharding_indexed`` codec): one object holds ``chunks_per_shard``
 inner chunks back to back, then an index of (offset, nbytes) uint64 pairs and its crc32c. Each
 array is an :class:`~bigstore.format.ArrayLayout`, the same type as a tensor's.
@@ -20,6 +25,7 @@ from typing import Any, Literal
 
 from ..errors import NotAStoreError
 from ..format import ArrayLayout, DTypeSpec, check_name, dtype_spec
+from ._kinds import LogicalType
 
 __all__ = ["ColumnSpec", "DatasetLayout", "Kind", "group_doc"]
 
@@ -29,17 +35,30 @@ _KINDS = ("fixed", "list", "bytes", "str")
 
 @dataclass(frozen=True)
 class ColumnSpec:
-    """One column: ``kind`` "fixed" (shape per sample) or variable-length "list"/"bytes"/"str"."""
+    """One column: ``kind`` "fixed" (shape per sample) or variable-length "list"/"bytes"/"str".
+
+    ``dtype`` is the element dtype as stored (bfloat16 and float8 as their raw bits, see
+    ``format.dtypes``); ``logical`` says what stored integers mean (timestamps, durations,
+    category codes), None when the numbers are the values.
+    """
 
     name: str
     kind: Kind
     dtype: DTypeSpec
     shape: tuple[int, ...] = ()  # per-sample shape; () for variable-length columns
+    logical: LogicalType | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "column")
         if self.kind not in _KINDS:
             raise NotAStoreError(f"column {self.name!r}: unknown kind {self.kind!r}")
+        lt = self.logical
+        if lt is not None and self.dtype.name != ("int32" if lt.type == "category" else "int64"):
+            raise NotAStoreError(
+                f"column {self.name!r}: {lt.type} values stored as {self.dtype.name}"
+            )
+        if lt is not None and lt.type == "category" and (self.kind, self.shape) != ("fixed", ()):
+            raise NotAStoreError(f"column {self.name!r}: categories hold one value per sample")
 
     @property
     def variable(self) -> bool:
@@ -50,28 +69,37 @@ class ColumnSpec:
         return self.dtype.itemsize * math.prod(self.shape) if not self.variable else 16
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind,
             "dtype": self.dtype.name,
             "shape": list(self.shape),
         }
+        if self.logical is not None:  # absent in descriptions written before logical types
+            d["logical"] = self.logical.to_json()
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ColumnSpec:
         try:
+            logical = d.get("logical")
             return cls(
                 str(d["name"]),
                 d["kind"],
                 dtype_spec(str(d["dtype"])),
                 tuple(int(x) for x in d.get("shape", ())),
+                LogicalType.from_json(logical) if logical is not None else None,
             )
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise NotAStoreError(f"malformed column description {d!r} ({e})") from None
 
     def describe(self) -> tuple[str, str, tuple[int, ...] | None]:
-        """(name, dtype, shape) as ``Dataset.columns`` shows it; shape None: variable length."""
-        dt = {"bytes": "bytes", "str": "str"}.get(self.kind, self.dtype.name)
+        """(name, dtype, shape) as ``Dataset.columns`` shows it; shape None: variable length.
+        The dtype is the logical one: "datetime64[ns, UTC]", "category[str]", "bfloat16"..."""
+        if self.logical is not None:
+            dt = self.logical.describe()
+        else:
+            dt = {"bytes": "bytes", "str": "str"}.get(self.kind, self.dtype.name)
         return self.name, dt, (None if self.variable else self.shape)
 
 

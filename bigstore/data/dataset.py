@@ -10,12 +10,14 @@ import bigstore_native.data as kernels
 import numpy as np
 
 from ..config import DATASET_CACHE_BYTES, ReadConfig
-from ..errors import NotAStoreError, ShapeError, StoreNotFoundError
+from ..errors import InvalidIndexError, NotAStoreError, ShapeError, StoreNotFoundError
 from ..forksafe import PerProcess
 from ..format import ROOT_KEY, ArrayLayout, read_root
 from ..io import ChunkReader, MappedArray, mappable
+from ..plan.index import select_rows
 from ..store import CachedStore, Store, default_cache_dir, open_store
 from ._chunks import ChunkPools, gather_fixed, gather_var, load_chunks
+from ._kinds import decode_batch
 from ._schema import ColumnSpec, DatasetLayout
 
 if TYPE_CHECKING:  # imported lazily at run time: the loader imports this module
@@ -153,32 +155,38 @@ class Dataset:
 
     # -- random access ------------------------------------------------------------------------
     def __getitem__(self, index: Any) -> dict[str, Any]:
-        if isinstance(index, int | np.integer):
-            i = self._check(np.array([int(index)], np.int64))
-            batch = self.read(i)
-            return {k: v[0] for k, v in batch.items()}
-        if isinstance(index, slice):
-            return self.read(np.arange(len(self), dtype=np.int64)[index])
-        return self.read(np.asarray(index))
-
-    def _check(self, idx: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        if idx.dtype.kind not in "iu" or idx.ndim != 1:
-            raise ShapeError(
-                f"sample indices must be a 1-D integer array, got {idx.dtype} {idx.shape}"
+        """Samples by numpy's rules along the sample axis: ``ds[i]`` (negative counts from the
+        end) is one sample, a dict of values; ``ds[a:b:step]``, ``ds[mask]`` (a boolean array
+        of ``len(ds)``), ``ds[[i, j]]`` and ``ds[...]`` are batches, dicts of arrays (lists for
+        variable-length columns). Refused with an ``IndexError`` that is a ``BigstoreError``:
+        out-of-range indices, floats, ``None``, bools, tuples, 2-D index arrays, and column
+        names (read one column with ``ds.read(idx, columns=[name])``)."""
+        if isinstance(index, str):
+            hint = (
+                f"to read column {index!r}, use ds.read(indices, columns=[{index!r}]) or "
+                f"ds.loader(batch_size, columns=[{index!r}])"
+                if index in {c.name for c in self.layout.columns}
+                else f"this dataset has columns {[c.name for c in self.layout.columns]}"
             )
-        idx = idx.astype(np.int64)
-        n = len(self)
-        bad = (idx < -n) | (idx >= n)
-        if bad.any():
-            raise IndexError(f"sample index {int(idx[bad][0])} out of range for {n} samples")
-        return np.where(idx < 0, idx + n, idx)
+            raise InvalidIndexError(f"ds[{index!r}]: datasets are indexed by sample; {hint}")
+        rows = select_rows(index, len(self), "sample")
+        batch = self.read(rows.rows())
+        if rows.scalar:
+            return {k: v[0] for k, v in batch.items()}
+        return batch
 
-    def read(
-        self, index: Sequence[int] | np.ndarray[Any, Any], columns: Iterable[str] | None = None
-    ) -> dict[str, Any]:
-        """The samples ``index`` (any order, repeats allowed) as batched arrays; reads only the
-        inner chunks that hold them."""
-        idx = self._check(np.asarray(index).reshape(-1) if len(index) else np.empty(0, np.int64))
+    def _check(self, index: Any) -> np.ndarray[Any, Any]:
+        """The sample numbers (int64, in range, in order) ``index`` selects: anything
+        ``ds[...]`` accepts."""
+        if isinstance(index, str):
+            raise InvalidIndexError(f"{index!r} is not a sample index")
+        return select_rows(index, len(self), "sample").rows()
+
+    def read(self, index: Any, columns: Iterable[str] | None = None) -> dict[str, Any]:
+        """The samples ``index`` selects (an index array in any order, repeats allowed, a
+        mask, a slice: whatever ``ds[...]`` accepts) as batched arrays, always a batch; reads
+        only the inner chunks that hold them."""
+        idx = self._check(index)
         cols = self.select(columns)
         uniq, which, rows = kernels.split_by_chunk(
             idx, self.layout.chunk_rows, max(1, self.layout.n_chunks)
@@ -195,7 +203,7 @@ class Dataset:
                 if c.variable
                 else gather_fixed(pools, c, which, rows)
             )
-        return out
+        return decode_batch(cols, out)  # timestamps, categories, bf16: the values users gave
 
     # -- iteration ----------------------------------------------------------------------------
     def loader(self, batch_size: int, **options: Unpack[LoaderOptions]) -> Loader:

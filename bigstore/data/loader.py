@@ -41,6 +41,7 @@ from ..plan.order import (
     sub_stream,
 )
 from ._chunks import ChunkPools
+from ._kinds import decode_batch
 from ._mapped import MappedPrefetcher
 from ._prefetch import Prefetcher
 
@@ -343,7 +344,7 @@ class Loader:
         try:
             for _ in range(n):
                 self._check(generation)
-                batch = next(pf)
+                batch = decode_batch(self.columns, next(pf), self.config.device)
                 self._check(generation)
                 self._state.batches += 1  # counted when handed over: never lost, never repeated
                 out = to_device(batch, self.config)

@@ -17,11 +17,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..config import LoaderConfig
 from ..plan.order import Order, OrderSpec, Split
+from ._kinds import decode_batch
 from .loader import (
     EpochState,
     make_prefetcher,
@@ -92,8 +94,10 @@ class TorchDataset(IterableDataset[dict[str, Any]]):
         )
         try:
             for batch in pf:
+                batch = decode_batch(cols, batch, self.config.device or "cpu")
                 out = {
-                    k: torch.from_numpy(v) if hasattr(v, "dtype") else v for k, v in batch.items()
+                    k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                    for k, v in batch.items()
                 }
                 out = to_device(out, self.config) if self.config.device else out
                 yield self.config.transform(out) if self.config.transform else out

@@ -18,7 +18,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -29,13 +29,15 @@ from ..io import ChunkReader, get_executor
 from ..progress import progress_bar
 from ..store import Store, open_store
 from ..store.publish import check_replaceable, discard, make_staging, publish
-from ._schema import DatasetLayout, group_doc
-from ._source import Batch, VarBatch, conform, infer_column, iter_batches
+from ._conform import Conformer, Stored, VarBatch, parse_schema
+from ._schema import ColumnSpec, DatasetLayout, group_doc
+from ._source import Batch, iter_batches
 
 __all__ = ["write_dataset"]
 
 _MAX_CHUNKS_PER_SHARD = 4096  # the shard index (16 B per chunk) stays <= 64 KiB
 _IN_FLIGHT = 4  # shards being encoded/written at once, per dataset write
+_T = TypeVar("_T")
 
 
 class _ArrayWriter:
@@ -95,7 +97,7 @@ class _ArrayWriter:
         return self.spec.with_rows(self.rows)
 
 
-def _choose_chunk_rows(first: Batch, cfg: DatasetWriteConfig) -> int:
+def _choose_chunk_rows(first: dict[str, Stored], cfg: DatasetWriteConfig) -> int:
     if cfg.chunk_rows is not None:
         return cfg.chunk_rows
     n = max(1, len(next(iter(first.values()))))
@@ -119,9 +121,10 @@ def _new_array(
     return ArrayLayout(path, (0, *inner), spec_dtype, chunk_rows, codec, per_shard)
 
 
-def _new_layout(first: Batch, cfg: DatasetWriteConfig) -> DatasetLayout:
+def _new_layout(
+    first: dict[str, Stored], columns: tuple[ColumnSpec, ...], cfg: DatasetWriteConfig
+) -> DatasetLayout:
     chunk_rows = _choose_chunk_rows(first, cfg)
-    columns = tuple(infer_column(name, col) for name, col in first.items())
     arrays: dict[str, ArrayLayout] = {}
     from ..format.dtypes import dtype_spec
 
@@ -167,20 +170,29 @@ def _write_batches(
     cfg: DatasetWriteConfig,
     bar: Any,
     writers: dict[str, _ArrayWriter],
+    schema: Any = None,
 ) -> DatasetLayout:
     """Write every batch (``writers`` is filled with the array writers used)."""
     it = iter(batches)
+    targets = parse_schema(schema)
     if layout is None:
         first = next(it, None)
         if first is None:
             raise ShapeError("the source holds no samples (no batches)")
-        layout = _new_layout(first, cfg)
+        conformer = Conformer.infer(first, targets)
+        stored = conformer.stored_batches(_chain(first, it))
+        head = next(stored)  # checked and converted: the layout is sized on stored bytes
+        layout = _new_layout(head, conformer.columns, cfg)
         writers.update({p: _ArrayWriter(store, a, None) for p, a in layout.arrays.items()})
-        it = _chain(first, it)
+        stored = _chain(head, stored)
     else:
+        conformer = Conformer.resume(layout.columns, targets)
+        stored = conformer.stored_batches(it)
         writers.update(_resume_writers(store, layout))
     try:
-        return _write_all(layout, writers, it, bar)
+        new = _write_all(layout, writers, stored, bar)
+        # category dictionaries may have grown
+        return DatasetLayout(new.num_rows, new.chunk_rows, conformer.columns, new.arrays)
     except BaseException:
         for w in writers.values():  # let in-flight shard writes land before anyone cleans up
             w.drain()
@@ -188,7 +200,10 @@ def _write_batches(
 
 
 def _write_all(
-    layout: DatasetLayout, writers: dict[str, _ArrayWriter], it: Iterator[Batch], bar: Any
+    layout: DatasetLayout,
+    writers: dict[str, _ArrayWriter],
+    it: Iterator[dict[str, Stored]],
+    bar: Any,
 ) -> DatasetLayout:
     names = [c.name for c in layout.columns]
     num_rows = layout.num_rows
@@ -198,7 +213,7 @@ def _write_all(
                 f"batch {b} has columns {sorted(batch)}; the dataset has {sorted(names)}"
             )
         for c in layout.columns:
-            col = conform(c, batch[c.name], b)
+            col = batch[c.name]
             if isinstance(col, VarBatch):
                 vw = writers[f"{c.name}/values"]
                 ends = vw.rows + np.cumsum(col.lengths, dtype=np.int64)
@@ -215,7 +230,7 @@ def _write_all(
     return DatasetLayout(num_rows, layout.chunk_rows, layout.columns, arrays)
 
 
-def _chain(first: Batch, rest: Iterable[Batch]) -> Iterator[Batch]:
+def _chain(first: _T, rest: Iterable[_T]) -> Iterator[_T]:
     yield first
     yield from rest
 
@@ -250,6 +265,7 @@ def write_dataset(
     mode: Literal["w", "a"] = "w",
     columns: Iterable[str] | None = None,
     variable: Iterable[str] = (),
+    schema: Any = None,
     progress: bool = False,
     overwrite: bool = False,
     durable: bool = DatasetWriteConfig.durable,
@@ -266,8 +282,15 @@ def write_dataset(
     mode: "w" replaces atomically; "a" appends samples (the layout and codec of the existing
     dataset are kept; ``chunk_rows``/``codec`` are then ignored). Concurrent appends wait for
     each other (up to ``lock_timeout`` seconds, then ConcurrentWriteError) and all land.
+    schema: column -> dtype (numpy dtype or name, torch dtype, "bfloat16", "str", "bytes",
+    "datetime64[ns]", a pyarrow type), or a ``pyarrow.Schema``: the stored type of those
+    columns, the first batch included (other columns take the first batch's type).
     overwrite: replacing a bigstore tensor store with a dataset needs it.
     durable: fsync what was written before the commit (local stores).
+
+    Values are stored exactly or not at all: a batch whose values do not all fit the
+    column's stored type (a later batch, or an append, in another dtype) raises a
+    ``DTypeError`` naming the column, batch and value, before anything is committed.
     """
     if mode not in ("w", "a"):
         raise InvalidKeyError(f"mode must be 'w' or 'a', got {mode!r}")
@@ -287,9 +310,9 @@ def write_dataset(
             with target.write_lock(cfg.lock_timeout):  # from reading the layout to the commit
                 layout = _existing(target)
                 if layout is not None:
-                    return _append(target, layout, batches, cfg, bar)
-                return _replace(target, batches, cfg, bar, overwrite, locked=True)
-        return _replace(target, batches, cfg, bar, overwrite, locked=False)
+                    return _append(target, layout, batches, cfg, bar, schema)
+                return _replace(target, batches, cfg, bar, overwrite, schema, locked=True)
+        return _replace(target, batches, cfg, bar, overwrite, schema, locked=False)
     finally:
         if bar is not None:
             bar.close()
@@ -306,10 +329,10 @@ def _existing(target: Store) -> DatasetLayout | None:
 
 def _append(
     target: Store, layout: DatasetLayout, batches: Iterable[Batch], cfg: DatasetWriteConfig,
-    bar: Any,
+    bar: Any, schema: Any,
 ) -> DatasetLayout:
     writers: dict[str, _ArrayWriter] = {}
-    new = _write_batches(target, layout, batches, cfg, bar, writers)
+    new = _write_batches(target, layout, batches, cfg, bar, writers, schema)
     if cfg.durable:
         target.flush([k for w in writers.values() for k in w.written])
     _commit(target, new)
@@ -318,12 +341,12 @@ def _append(
 
 def _replace(
     target: Store, batches: Iterable[Batch], cfg: DatasetWriteConfig, bar: Any,
-    overwrite: bool, *, locked: bool,
+    overwrite: bool, schema: Any, *, locked: bool,
 ) -> DatasetLayout:
     check_replaceable(target, "dataset", overwrite=overwrite)
     stage = make_staging(target)
     try:
-        new = _write_batches(stage, None, batches, cfg, bar, {})
+        new = _write_batches(stage, None, batches, cfg, bar, {}, schema)
         _commit(stage, new)
         if locked:
             publish(stage, target, durable=cfg.durable)

@@ -3,7 +3,8 @@
 In: ``.safetensors``, a sharded Hugging Face directory (``model.safetensors.index.json``) or any
 directory of ``.safetensors`` files, a torch ``.pt``/``.bin``/``.pth`` state dict (loaded with
 ``weights_only=True``: arbitrary pickled objects are refused, never executed), ``.npz``, or
-another bigstore store. Out: a bigstore store, or a ``.safetensors`` file.
+another bigstore store. Out: a bigstore store, or a ``.safetensors``, ``.pt``/``.pth``/``.bin``
+or ``.npz`` file (by the destination's suffix; other checkpoint suffixes are refused).
 """
 
 from __future__ import annotations
@@ -13,21 +14,23 @@ import math
 import os
 import pickle
 from collections.abc import Iterator, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import WriteConfig, parse_bytes
-from ..errors import BigstoreError, StoreNotFoundError, UnsupportedSourceError
+from ..errors import BigstoreError, DTypeError, StoreNotFoundError, UnsupportedSourceError
 from ..format import ArrayLayout
+from ..format.dtypes import dtype_spec
 from ..progress import progress_bar
 from ..store import is_local_url, local_path
+from ._arrays import from_storage_array, to_storage_array
 from .reader import TensorStore
 from .writer import save
 
-__all__ = ["convert", "iter_source", "export_safetensors"]
+__all__ = ["convert", "iter_source", "export_safetensors", "write_file"]
 
 _ST_DTYPES = {
     "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
@@ -198,6 +201,35 @@ def _copy_tensor(ts: TensorStore, m: ArrayLayout, f: Any, progress: Any) -> None
             progress.update(buf.nbytes)
 
 
+# destination suffix -> file format written instead of a store
+_FILE_FORMATS = {
+    ".safetensors": "safetensors", ".pt": "torch", ".pth": "torch", ".bin": "torch",
+    ".npz": "npz",
+}
+# checkpoint files bigstore does not write: refused rather than made a store directory
+_UNWRITABLE = (".ckpt", ".onnx", ".gguf", ".h5", ".hdf5", ".keras", ".pkl", ".pickle",
+               ".msgpack", ".tflite", ".npy", ".json", ".zip", ".tar", ".gz")
+
+
+def _destination_kind(dst: str) -> str:
+    """"store", or the file format ``dst``'s suffix names (refused where not writable)."""
+    suffix = PurePosixPath(dst.rstrip("/")).suffix.lower()
+    fmt = _FILE_FORMATS.get(suffix)
+    if fmt is not None:
+        if not is_local_url(dst):
+            raise UnsupportedSourceError(
+                f"{dst}: {suffix} files are written to local paths only (write a store to "
+                "object storage instead)"
+            )
+        return fmt
+    if suffix in _UNWRITABLE:
+        raise UnsupportedSourceError(
+            f"{dst}: bigstore does not write {suffix} files; destinations are a store (a "
+            "directory or URL, e.g. out.bigstore) or a .safetensors, .pt/.pth/.bin or .npz file"
+        )
+    return "store"
+
+
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -207,12 +239,25 @@ def convert(
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Convert a checkpoint to a bigstore store, or a store to ``.safetensors`` (by ``dst``'s
-    suffix). Returns a summary: tensors, bytes, destination."""
+    """Convert any checkpoint bigstore reads to the format ``dst``'s suffix names: a bigstore
+    store (any other path or URL), ``.safetensors``, ``.pt``/``.pth``/``.bin`` (a ``torch.save``
+    of the state dict) or ``.npz``. Tensors keep their dtype and bits exactly. Returns a
+    summary: tensors, bytes, destination, format.
+
+    Streaming: a store and ``.npz`` are written tensor by tensor, and a store exports to
+    ``.safetensors`` tensor by tensor. ``torch.save`` and safetensors' writer need the whole
+    state dict at once, so those destinations hold every tensor in memory, except from a
+    local uncompressed store, whose tensors are memory-mapped. ``.npz`` cannot hold bfloat16
+    or float8 (numpy has no such dtypes): such tensors are refused, never stored as raw bits
+    under another dtype. File destinations appear complete or not at all.
+    """
     s, d = os.fspath(src), os.fspath(dst)
-    if d.lower().endswith(".safetensors"):
-        if not is_local_url(d):
-            raise UnsupportedSourceError(f"{d}: safetensors export writes local files only")
+    kind = _destination_kind(d)
+    if is_local_url(s) and is_local_url(d) and (
+        os.path.abspath(local_path(s)) == os.path.abspath(local_path(d))
+    ):
+        raise BigstoreError(f"convert: source and destination are the same path ({s})")
+    if kind == "safetensors" and _source_kind(s) == "store":
         with TensorStore.open(s, storage_options=storage_options) as ts:
             total = ts.nbytes
             count = len(ts)
@@ -223,8 +268,9 @@ def convert(
             if bar is not None:
                 bar.close()
         return {"src": s, "dst": d, "tensors": count, "nbytes": total, "format": "safetensors"}
-    if os.path.abspath(local_path(s)) == os.path.abspath(local_path(d)) and is_local_url(s):
-        raise BigstoreError(f"convert: source and destination are the same path ({s})")
+    if kind != "store":
+        count, total = write_file(s, d, kind, storage_options=storage_options)
+        return {"src": s, "dst": d, "tensors": count, "nbytes": total, "format": kind}
     metas = save(
         iter_source(s, storage_options), d, codec=codec, chunk_bytes=parse_bytes(chunk_bytes),
         storage_options=storage_options, progress=progress,
@@ -234,3 +280,89 @@ def convert(
             "chunks": sum(m.n_chunks for m in metas.values()),
             "largest": max((m.nbytes for m in metas.values()), default=0),
             "mean_chunk": math.ceil(nbytes / max(1, sum(m.n_chunks for m in metas.values())))}
+
+
+def write_file(
+    src: str, dst: str, fmt: str, *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[int, int]:
+    """Write every tensor of ``src`` to the file ``dst`` as ``fmt`` ("torch", "npz",
+    "safetensors"): into a temporary sibling, renamed into place when complete. Returns
+    (tensors, bytes)."""
+    path = Path(local_path(dst))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if fmt == "npz":
+            count, total = _write_npz(_tensors(src, storage_options), tmp)
+        else:
+            tensors = _state_dict(src, storage_options)
+            count, total = len(tensors), sum(t.nbytes for t in tensors.values())
+            if fmt == "torch":
+                torch.save(tensors, tmp)
+            else:
+                _save_safetensors(tensors, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return count, total
+
+
+def _tensors(
+    src: str, storage_options: Mapping[str, Any] | None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, torch tensor in its own dtype) pairs; a local uncompressed store is mapped."""
+    seen: set[str] = set()
+    if _source_kind(src) == "store":
+        with TensorStore.open(src, storage_options=storage_options) as ts:
+            yield from ts.load().items()  # memory-mapped where it can be: no copy in RAM
+        return
+    for name, value in iter_source(src, storage_options):
+        if name in seen:
+            raise UnsupportedSourceError(f"{src}: tensor {name!r} appears twice")
+        seen.add(name)
+        arr, spec = to_storage_array(name, value)
+        yield name, from_storage_array(arr, spec)
+
+
+def _state_dict(src: str, storage_options: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
+    return dict(_tensors(src, storage_options))
+
+
+def _write_npz(tensors: Iterator[tuple[str, torch.Tensor]], path: Path) -> tuple[int, int]:
+    """np.savez's layout (a zip of ``<name>.npy``), one tensor at a time."""
+    import zipfile
+
+    count = total = 0
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, t in tensors:
+            spec = dtype_spec(t.dtype)
+            if spec.raw_bits:
+                raise DTypeError(
+                    f"tensor {name!r} is {spec.name}, which .npz cannot hold (numpy has no "
+                    f"{spec.name}); convert to .safetensors, .pt or a store instead"
+                )
+            arr = t.numpy()
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, arr, allow_pickle=False)
+            count, total = count + 1, total + arr.nbytes
+    return count, total
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    out: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for name, t in tensors.items():
+        if dtype_spec(t.dtype).name not in _ST_DTYPES:
+            raise UnsupportedSourceError(
+                f"tensor {name!r}: safetensors has no dtype for {dtype_spec(t.dtype).name}"
+            )
+        t = t.contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in storages and t.numel():  # safetensors refuses tensors sharing memory
+            t = t.clone()
+        storages.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    save_file(out, str(path), metadata={"format": "pt"})

@@ -11,7 +11,12 @@ import torch
 
 from .. import posix
 from ..config import ReadConfig
-from ..errors import BigstoreError, MissingTensorError, StoreNotFoundError
+from ..errors import (
+    BigstoreError,
+    InvalidIndexError,
+    MissingTensorError,
+    StoreNotFoundError,
+)
 from ..format import ROOT_KEY, ArrayLayout, read_root
 from ..io import (
     ChunkReader,
@@ -22,11 +27,14 @@ from ..io import (
     host_buffer,
     mappable,
 )
+from ..plan.index import Rows, select_rows
 from ..progress import progress_bar
 from ..store import Store, open_store
 from ._arrays import from_storage_array
 
 __all__ = ["TensorHandle", "TensorStore", "load", "load_numpy", "open"]
+
+_TAKE_BYTES = 256 << 20  # rows gathered by index are read through spans of at most this much
 
 
 class TensorStore(Mapping[str, "TensorHandle"]):
@@ -224,38 +232,76 @@ class TensorHandle:
         t = from_storage_array(self.numpy(), self.meta.dtype)
         return t if torch.device(device).type == "cpu" else t.to(device)
 
-    def __getitem__(self, index: int | slice) -> TensorSlice:
+    def __getitem__(self, index: Any) -> TensorSlice:
+        """Rows along axis 0, by numpy's rules: ``h[i]`` (negative counts from the end; the axis
+        is dropped, so a 1-D tensor gives a 0-d one), ``h[a:b:step]`` (any step), ``h[mask]``
+        (a boolean array as long as axis 0), ``h[int_array]`` (any shape, like numpy), and
+        ``h[...]``. Nothing is read until ``.numpy()``/``.torch()``, and then only the chunks
+        holding those rows. Other axes, ``None``, bools, floats and strings are refused."""
         m = self.meta
         if not m.shape:
-            raise IndexError(f"tensor {m.name!r} is 0-d: it cannot be sliced")
-        if isinstance(index, slice):
-            start, stop, step = index.indices(m.shape[0])
-            if step != 1:
-                raise IndexError(f"tensor {m.name!r}: only step-1 slices along axis 0")
-            return TensorSlice(self, start, max(start, stop), squeeze=False)
-        if isinstance(index, int | np.integer):
-            i = int(index)
-            if i < -m.shape[0] or i >= m.shape[0]:
-                raise IndexError(f"row {i} out of range for tensor {m.name!r} of {m.shape[0]} rows")
-            i %= m.shape[0]
-            return TensorSlice(self, i, i + 1, squeeze=True)
-        raise IndexError(f"tensor {m.name!r}: index with an int or a slice along axis 0")
+            raise InvalidIndexError(
+                f"tensor {m.name!r} is 0-d: it has no rows to index (use .numpy() or .torch())"
+            )
+        if isinstance(index, tuple):
+            raise InvalidIndexError(
+                f"tensor {m.name!r}: {index!r} indexes several axes; bigstore indexes rows "
+                "(axis 0) only: select rows, then index the result, e.g. h[0:10].numpy()[:, 3]"
+            )
+        return TensorSlice(self, select_rows(index, m.shape[0], "row", nd=True))
+
+    def _take(self, rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Rows ``rows`` (any order, repeats allowed) reading only the chunks that hold them:
+        per chunk, the span from its first to its last wanted row, a bounded group at a time."""
+        m = self.meta
+        out = np.empty((rows.shape[0], *m.shape[1:]), dtype=m.dtype.storage)
+        if not out.size:
+            return out
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        chunk = srt // m.chunk_rows
+        cuts = np.flatnonzero(np.diff(chunk)) + 1
+        groups = np.split(np.arange(srt.shape[0]), cuts)
+        budget = max(m.chunk_nbytes, _TAKE_BYTES)
+        i = 0
+        while i < len(groups):
+            batch: list[tuple[np.ndarray[Any, Any], int, int, np.ndarray[Any, Any]]] = []
+            nbytes = 0
+            while i < len(groups) and (not batch or nbytes < budget):
+                g = groups[i]
+                lo, hi = int(srt[g[0]]), int(srt[g[-1]]) + 1
+                buf = np.empty((hi - lo, *m.shape[1:]), dtype=m.dtype.storage)
+                batch.append((g, lo, hi, buf))
+                nbytes += buf.nbytes
+                i += 1
+            self._owner.read_into([(m.name, lo, hi, buf) for _, lo, hi, buf in batch])
+            for g, lo, _, buf in batch:
+                out[order[g]] = buf[srt[g] - lo]
+        return out
 
 
 class TensorSlice:
-    """Rows [start, stop) of a stored tensor; reads only the chunks that hold them."""
+    """Rows of a stored tensor selected by ``handle[index]``; reads only the chunks holding
+    them, when ``numpy()`` or ``torch()`` is called."""
 
-    def __init__(self, handle: TensorHandle, start: int, stop: int, *, squeeze: bool) -> None:
-        self.handle, self.start, self.stop, self._squeeze = handle, start, stop, squeeze
+    def __init__(self, handle: TensorHandle, rows: Rows) -> None:
+        self.handle, self.rows = handle, rows
 
     @property
     def shape(self) -> tuple[int, ...]:
-        rest = self.handle.shape[1:]
-        return rest if self._squeeze else (self.stop - self.start, *rest)
+        return (*self.rows.shape, *self.handle.shape[1:])
 
     def numpy(self) -> np.ndarray[Any, Any]:
-        out = self.handle._rows(self.start, self.stop)
-        return out[0] if self._squeeze else out
+        """The rows as numpy (bfloat16/float8 as their raw uint bits); an integer index gives
+        the row itself (0-d for a 1-D tensor)."""
+        r, h = self.rows, self.handle
+        if r.contiguous:
+            out = h._rows(r.start, r.start + r.count)
+        elif r.array is None and r.step == -1:  # a reversed range: one read, then flip
+            out = h._rows(r.stop + 1, r.start + 1)[::-1].copy()
+        else:
+            out = h._take(r.rows())
+        return out.reshape(self.shape)
 
     def torch(self, device: str | torch.device = "cpu") -> torch.Tensor:
         t = from_storage_array(self.numpy(), self.handle.meta.dtype)

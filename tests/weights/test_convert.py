@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import bigstore
-from bigstore.errors import StoreNotFoundError, UnsupportedSourceError
+from bigstore.errors import BigstoreError, DTypeError, StoreNotFoundError, UnsupportedSourceError
 
 
 def state_dict() -> dict[str, torch.Tensor]:
@@ -31,9 +31,9 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert sorted(a) == sorted(b)
     for k in a:
         assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
-        x, y = a[k].reshape(-1), b[k].reshape(-1)
-        if x.dtype.itemsize == 1 and x.dtype.is_floating_point:
-            x, y = x.view(torch.uint8), y.view(torch.uint8)
+        # raw bits: NaN, -0.0 and every float8 value compare exactly
+        x = a[k].reshape(-1).contiguous().view(torch.uint8)
+        y = b[k].reshape(-1).contiguous().view(torch.uint8)
         assert torch.equal(x, y), k
 
 
@@ -123,3 +123,102 @@ def test_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedSourceError, match="safetensors"):
         bigstore.convert(tmp_path / "bad.safetensors", tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+# -- destinations: the format the suffix names, or a clear refusal -------------------------------
+def all_dtypes() -> dict[str, torch.Tensor]:
+    """Every dtype each format can hold, with awkward values (NaN, -0.0, extremes)."""
+    g = torch.Generator().manual_seed(2)
+    out = {f"f.{d}": (torch.randn(5, 3, generator=g) * 1e3).to(d) for d in
+           (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+    out["f.special"] = torch.tensor([float("nan"), -0.0, float("inf"), 1e-45, 3.4e38])
+    for d in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
+        info = torch.iinfo(d)
+        out[f"i.{d}"] = torch.tensor([info.min, -1 if info.min else 0, info.max], dtype=d)
+    out["b"] = torch.tensor([True, False])
+    out["fp8"] = torch.randn(4, generator=g).to(torch.float8_e5m2)
+    out["c64"] = torch.randn(3, dtype=torch.complex64, generator=g)
+    out["scalar"] = torch.tensor(2**40 + 5, dtype=torch.int64)
+    return out
+
+
+NUMPY_OK = [k for k in all_dtypes() if k not in ("f.torch.bfloat16", "fp8")]
+
+
+@pytest.mark.parametrize("dst", ["out.pt", "out.pth", "out.bin", "out.safetensors", "out.npz"])
+def test_store_to_file_formats(tmp_path: Path, dst: str) -> None:
+    sd = all_dtypes()
+    if dst.endswith(".safetensors"):
+        sd.pop("c64")  # safetensors has no complex64 in every version
+    if dst.endswith(".npz"):
+        sd = {k: sd[k] for k in NUMPY_OK}
+    bigstore.save(sd, tmp_path / "store")
+    summary = bigstore.convert(tmp_path / "store", tmp_path / dst)
+    out = tmp_path / dst
+    assert out.is_file() and summary["tensors"] == len(sd)
+    if dst.endswith(".npz"):
+        with np.load(out, allow_pickle=False) as z:
+            back = {k: torch.from_numpy(z[k]) for k in z.files}
+    elif dst.endswith(".safetensors"):
+        back = load_file(out)
+    else:
+        back = torch.load(out, weights_only=True)
+    assert_same(back, sd)
+    # no temporary file left (the writer lock beside a store is not one: it stays, see README)
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert [n for n in left if not n.endswith(".bigstore-lock")] == []
+
+
+@pytest.mark.parametrize("src", ["in.safetensors", "in.pt", "in.npz"])
+@pytest.mark.parametrize("dst", ["out.pt", "out.npz", "out.safetensors", "store"])
+def test_every_path_keeps_dtypes_exactly(tmp_path: Path, src: str, dst: str) -> None:
+    sd = all_dtypes()
+    sd.pop("c64")
+    if src.endswith(".npz") or dst.endswith(".npz"):
+        sd = {k: sd[k] for k in NUMPY_OK if k in sd}
+    if src.endswith(".safetensors"):
+        save_file(sd, tmp_path / src)
+    elif src.endswith(".pt"):
+        torch.save(sd, tmp_path / src)
+    else:
+        np.savez(tmp_path / src, **{k: v.numpy() for k, v in sd.items()})
+    bigstore.convert(tmp_path / src, tmp_path / dst)
+    if dst == "store":
+        back = bigstore.load(tmp_path / dst)
+    elif dst.endswith(".npz"):
+        with np.load(tmp_path / dst, allow_pickle=False) as z:
+            back = {k: torch.from_numpy(z[k]) for k in z.files}
+    elif dst.endswith(".safetensors"):
+        back = load_file(tmp_path / dst)
+    else:
+        back = torch.load(tmp_path / dst, weights_only=True)
+    assert_same(back, sd)
+
+
+def test_destination_refusals(tmp_path: Path) -> None:
+    sd = {"w": torch.randn(3).bfloat16(), "x": torch.ones(2)}
+    bigstore.save(sd, tmp_path / "store")
+    with pytest.raises(DTypeError, match=r"'w' is bfloat16.*\.npz"):
+        bigstore.convert(tmp_path / "store", tmp_path / "out.npz")
+    left = [p for p in tmp_path.iterdir() if not p.name.endswith(".bigstore-lock")]
+    assert left == [tmp_path / "store"]  # nothing half-written
+    for bad in ("out.ckpt", "model.onnx", "x.gguf"):
+        with pytest.raises(UnsupportedSourceError, match="does not write"):
+            bigstore.convert(tmp_path / "store", tmp_path / bad)
+    with pytest.raises(UnsupportedSourceError, match="local paths only"):
+        bigstore.convert(tmp_path / "store", "memory://somewhere/out.pt")
+    save_file({"x": torch.ones(2)}, tmp_path / "a.safetensors")
+    with pytest.raises(BigstoreError, match="same path"):
+        bigstore.convert(tmp_path / "a.safetensors", tmp_path / "a.safetensors")
+    # a.safetensors -> b.safetensors re-encodes: same tensors, a file of its own
+    bigstore.convert(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert_same(load_file(tmp_path / "b.safetensors"), {"x": torch.ones(2)})
+    assert not (tmp_path / "out.ckpt").exists() and not (tmp_path / "model.onnx").exists()
+
+
+def test_tied_weights_to_safetensors(tmp_path: Path) -> None:
+    emb = torch.randn(4, 3)
+    torch.save({"embed": emb, "head": emb, "part": emb[1:]}, tmp_path / "tied.pt")
+    bigstore.convert(tmp_path / "tied.pt", tmp_path / "out.safetensors")
+    assert_same(load_file(tmp_path / "out.safetensors"),
+                {"embed": emb, "head": emb, "part": emb[1:].clone()})
