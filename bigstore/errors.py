@@ -24,6 +24,8 @@ __all__ = [
     "TruncatedChunkError",
     "UnsupportedCodecError",
     "UnsupportedSourceError",
+    "MissingDependencyError",
+    "BenchTargetError",
 ]
 
 
@@ -92,3 +94,11 @@ class BudgetError(BigstoreError, MemoryError):
 
 class UnsupportedSourceError(BigstoreError, ValueError):
     """A conversion source or destination bigstore does not know how to read or write."""
+
+
+class MissingDependencyError(BigstoreError, ImportError):
+    """An optional package a feature needs is not installed (the message names the extra)."""
+
+
+class BenchTargetError(BigstoreError, ValueError):
+    """A benchmark target bigstore cannot measure (neither a store nor a known checkpoint)."""

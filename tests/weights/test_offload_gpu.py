@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.weights.test_offload import Net, _inputs
 
 import bigstore
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
+from tests.weights.test_offload import Net, _inputs
 
 pytestmark = pytest.mark.gpu
 
