@@ -18,11 +18,12 @@ from typing import Any
 
 from ..config import KiB, MiB
 from ..errors import BigstoreError
-from ..store import ByteRange, Store, is_local_url, local_path, open_store
+from ..store import ByteRange, Store, is_local_url, local_path
 from .bounds import memcpy_seconds, o_direct_supported, random_read_latencies, read_seconds
 from .progress import Progress
 from .result import Report, Row, new_report
 from .runs import Case, Outcome, measure
+from .stores import open_measured
 from .synthetic import write_random_file
 
 __all__ = ["DiskOptions", "ranged_get", "run_disk"]
@@ -53,7 +54,7 @@ def run_disk(
     opts = options or DiskOptions()
     progress = progress or Progress(False)
     if isinstance(target, Store) or not is_local_url(os.fspath(target)):
-        store = open_store(target, storage_options)
+        store = open_measured(target, storage_options)
         return _run_store(store, synthetic=synthetic, opts=opts, keep=keep, progress=progress)
     return _run_local(Path(local_path(os.fspath(target))), synthetic=synthetic, opts=opts,
                       keep=keep, progress=progress)

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BenchTargetError, NotAStoreError, StoreNotFoundError
-from ..store import is_local_url, local_path, open_store
+from ..store import is_local_url, local_path
 from .bounds import memcpy_seconds, read_seconds, store_files
 from .peers import PEERS, find_peer
 from .progress import Progress
 from .result import Report, new_report
 from .runs import Case, Outcome, measure
+from .stores import open_measured, remove_store
 
 __all__ = ["LoadOptions", "consume", "run_load"]
 
@@ -114,7 +115,7 @@ def _remove(url: str, storage_options: Mapping[str, Any] | None) -> None:
     if is_local_url(url):
         shutil.rmtree(local_path(url), ignore_errors=True)
     else:
-        open_store(url, storage_options).delete_prefix("")
+        remove_store(url, storage_options)
 
 
 def _synthetic(
@@ -292,7 +293,7 @@ def _remote_cases(
     from ..config import default_io_threads
 
     url = inputs.url
-    store = open_store(url, storage_options)
+    store = open_measured(url, storage_options)
     keys = sorted(store.list(""))
     kind = "memory" if url.startswith("memory://") else "remote"
     report.note(f"{url}: peers read local files only; skipped for a remote store"

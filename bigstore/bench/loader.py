@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import BenchTargetError, BigstoreError
-from ..store import is_local_url, local_path, open_store
+from ..store import is_local_url, local_path
 from .bounds import store_files
 from .peers import PEERS, find_peer
 from .progress import Progress
 from .result import Check, Report, Row, new_report
 from .runs import Case, Outcome, measure
+from .stores import remove_store
 
 __all__ = ["LoaderOptions", "run_loader", "simulate"]
 
@@ -174,7 +175,7 @@ def run_loader(
             if is_local_url(made):
                 shutil.rmtree(local_path(made), ignore_errors=True)
             else:
-                open_store(made, storage_options).delete_prefix("")
+                remove_store(made, storage_options)
         shutil.rmtree(work, ignore_errors=True)
     report.finish()
     return report

@@ -3,6 +3,7 @@ without the CPU, memory, kernel, file system and device it was measured on."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -91,10 +92,20 @@ def machine_facts(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
     """Installed version of each distribution (None when not installed)."""
-    out: dict[str, str | None] = {}
-    for n in names:
-        try:
-            out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            out[n] = None
+    found = _installed()
+    return {n: found.get(_norm(n)) for n in names}
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+@functools.cache
+def _installed() -> dict[str, str]:
+    # one scan of the installed distributions (metadata.version() rescans for every name)
+    out: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and _norm(name) not in out:
+            out[_norm(name)] = dist.version
     return out

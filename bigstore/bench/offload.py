@@ -27,12 +27,13 @@ from typing import Any
 
 from ..config import MiB, parse_bytes
 from ..errors import BenchTargetError, BigstoreError, BudgetError
-from ..store import is_local_url, local_path, open_store
+from ..store import is_local_url, local_path
 from .bounds import read_seconds, store_files
 from .peers import PEERS, find_peer
 from .progress import Progress
 from .result import Report, Row, RunSample, new_report
 from .runs import Case, Outcome, measure
+from .stores import open_measured, remove_store
 
 __all__ = ["OffloadOptions", "offload_features", "run_offload"]
 
@@ -116,7 +117,7 @@ def run_offload(
             if is_local_url(made):
                 shutil.rmtree(local_path(made), ignore_errors=True)
             else:
-                open_store(made, storage_options).delete_prefix("")
+                remove_store(made, storage_options)
         shutil.rmtree(work, ignore_errors=True)
     report.finish()
     return report
@@ -248,8 +249,11 @@ def _measure(
     states = (["cold"] if opts.cold else []) + (["warm"] if opts.warm else [])
     if not local:
         states = ["memory" if model.url.startswith("memory://") else "remote"]
-        report.note(f"{model.url}: no page cache of ours to drop; accelerate needs a local "
-                    "checkpoint: skipped")
+        report.note(f"{model.url}: an object store has no page cache of ours to drop"
+                    if states[0] == "remote" else f"{model.url}: an in-memory store: nothing "
+                    "to drop")
+        if "accelerate" in opts.peers:
+            report.note("accelerate disk offload skipped: it needs a local checkpoint")
 
     # the read speed of the store's bytes, per page-cache state (the bound's denominator)
     read_rows: dict[str, Row] = {}
@@ -396,7 +400,7 @@ def _read_case(
         return Case("O_DIRECT read, 4 readers" if direct else "page-cache read", "read",
                     "bound", read, files=files, cold=direct, cache=state,
                     warmup=0 if direct else 1)
-    store = open_store(url, storage_options)
+    store = open_measured(url, storage_options)
     keys = sorted(store.list(""))
 
     def get_all() -> Outcome:
