@@ -121,8 +121,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
     # every argument is checked before a progress bar is drawn
     codec = parse_codec(args.codec).spec
     chunk_bytes = parse_bytes(args.chunk_bytes)
-    if is_local_url(args.src) and not Path(local_path(args.src)).exists():
+    src = Path(local_path(args.src)) if is_local_url(args.src) else None
+    if src is not None and not src.exists():
         raise StoreNotFoundError(f"{args.src}: no such file or directory")
+    st = [args.dst] + ([str(f) for f in src.glob("*.safetensors")] if src and src.is_dir()
+                       else [args.src])
+    if any(str(f).lower().endswith(".safetensors") for f in st):
+        try:
+            import safetensors.torch  # noqa: F401 - checked before the progress bar is drawn
+        except ImportError:
+            raise MissingDependencyError(
+                "missing optional dependency 'safetensors': pip install 'bigstore[convert]'"
+            ) from None
     summary = convert(
         args.src, args.dst, codec=codec, chunk_bytes=chunk_bytes,
         storage_options=args.opts, progress=not args.json and not args.quiet,

@@ -167,9 +167,9 @@ def run_loader(
                 r.metrics["au_passed"] = float(all(a >= opts.au_target for a in aus))
             main = report.contender()
             if main is not None:
-                report.note(f"AU target {opts.au_target:.0%}: bigstore "
-                            f"{'met' if main.metrics['au_passed'] else 'MISSED'} in every epoch"
-                            f" (lowest {main.metrics['au_min']:.3f})")
+                verdict = "met in every epoch" if main.metrics["au_passed"] else "MISSED"
+                report.note(f"AU target {opts.au_target:.0%}: bigstore {verdict} "
+                            f"(lowest epoch {main.metrics['au_min']:.3f})")
     finally:
         if made is not None and not keep:
             if is_local_url(made):

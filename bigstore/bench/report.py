@@ -12,7 +12,7 @@ from typing import Any
 
 from .result import Report
 
-__all__ = ["to_csv", "to_json", "to_table"]
+__all__ = ["human_bytes", "to_csv", "to_json", "to_table"]
 
 
 def _clean(value: Any) -> Any:
@@ -24,6 +24,19 @@ def _clean(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
     return value
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in the binary unit that keeps 3 significant digits: "320 KiB", "1.64 GiB"."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{value:.0f} B"
+            digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+            return f"{value:.{digits}f} {unit}"
+        value /= 1024
+    return f"{value:.0f} TiB"
 
 
 def to_json(report: Report) -> str:

@@ -19,6 +19,7 @@ import torch
 
 from ..bench import drop_page_cache as _drop
 from ..bench import peak_rss_bytes, read_seconds, reset_peak_rss, store_files
+from ..bench.report import human_bytes
 
 __all__ = ["run", "gpt_config", "drop_page_cache", "sequential_read_bandwidth"]
 
@@ -77,7 +78,7 @@ def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) ->
     weights = unique_state_dict(model)
     model_bytes = sum(t.numel() * t.element_size() for t in weights.values())
     budget = 320 * 1024 if quick else 256 * MiB
-    say(f"offload: built a GPT-style model, {model_bytes / GiB:.2f} GiB of weights "
+    say(f"offload: built a GPT-style model, {human_bytes(model_bytes)} of weights "
         f"({time.perf_counter() - t0:.1f} s); saving to {url}")
     bigstore.save(weights, url)
     del weights
@@ -132,14 +133,14 @@ def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) ->
         "tokens_match": same,
     }
     figures["lines"] = [
-        f"offload: {model_bytes / GiB:.2f} GiB GPT-style model under a {budget / MiB:.2f} MiB "
+        f"offload: {human_bytes(model_bytes)} GPT-style model under a {human_bytes(budget)} "
         f"budget on CPU: {new_tokens} tokens "
         + ("identical to the resident run" if same else "DIFFER from the resident run (bug)"),
         f"offload: {figures['tokens_per_s']:.2f} tokens/s (resident: "
-        f"{figures['resident_tokens_per_s']:.2f}), read {read / GiB:.2f} GiB at "
+        f"{figures['resident_tokens_per_s']:.2f}), read {human_bytes(read)} at "
         f"{eff / 1e9:.2f} GB/s = {figures['pct_of_disk']:.0f}% of the disk's "
         f"{disk_bw / 1e9:.2f} GB/s ({method})",
-        f"offload: peak weights resident {peak_resident / MiB:.1f} MiB; process peak RSS "
+        f"offload: peak weights resident {human_bytes(peak_resident)}; process peak RSS "
         f"{rss / MiB:.0f} MiB ({(rss - base_rss) / MiB:+.0f} MiB while offloading)",
     ]
     figures["ok"] = bool(same)

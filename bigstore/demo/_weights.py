@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..bench import direct_read_seconds, disk_bound_seconds, drop_page_cache, store_files
+from ..bench.report import human_bytes
 from ..config import parse_bytes
 
 __all__ = ["make_state_dict", "run"]
@@ -81,7 +82,7 @@ def run(
             "load_warm": nbytes / warm_s / 1e9, "convert": nbytes / convert_s / 1e9}
     pct = 100 * gbps["load_cold"] / gbps["disk_sequential"]
     lines = [
-        f"[weights] {nbytes / 2**30:.2f} GiB bf16 checkpoint, {len(files) - 1} files in the store",
+        f"[weights] {human_bytes(nbytes)} bf16 checkpoint, {len(files) - 1} files in the store",
         f"  convert safetensors -> bigstore  {convert_s:6.2f} s  {gbps['convert']:5.2f} GB/s",
         f"  disk sequential read (O_DIRECT)  {disk_s:6.2f} s  {gbps['disk_sequential']:5.2f} GB/s",
         f"  disk, best of 1-8 readers ({readers})  {best_s:6.2f} s  "

@@ -1,5 +1,6 @@
-"""The --json document is stable (each command run on an in-memory store): its shape (every key path, per command) matches the golden
-file. A deliberate change of shape updates the golden file and the schema version:
+"""The --json document is stable (each command run on an in-memory store): its shape (every
+key path, per command) matches the golden file. A deliberate change of shape updates the golden
+file and the schema version:
 ``BIGSTORE_UPDATE_GOLDEN=1 pytest tests/bench/test_schema.py``."""
 
 from __future__ import annotations
