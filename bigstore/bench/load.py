@@ -45,6 +45,17 @@ class LoadOptions:
     dtype: str = "bfloat16"
 
 
+def _held(load: Callable[[], Mapping[str, Any]]) -> Callable[[], Outcome]:
+    """A run that loads, reads every byte once, and hands the tensors to the runner (freed
+    after the clock stops)."""
+
+    def run() -> Outcome:
+        tensors = load()
+        return Outcome(consume(tensors), hold=tensors)
+
+    return run
+
+
 def consume(tensors: Mapping[str, Any] | Any) -> int:
     """Read every byte once (crc32c over each tensor's memory); returns the bytes read."""
     import crc32c
@@ -208,38 +219,36 @@ def _given(
 
 
 def _peer_loaders(inputs: _Inputs, opts: LoadOptions, report: Report
-                  ) -> list[tuple[str, Callable[[], int], list[Path]]]:
-    peers: list[tuple[str, Callable[[], int], list[Path]]] = []
+                  ) -> list[tuple[str, Callable[[], Outcome], list[Path]]]:
+    peers: list[tuple[str, Callable[[], Outcome], list[Path]]] = []
     if "safetensors" in opts.peers and inputs.safetensors:
         from safetensors.torch import load_file
 
         files = inputs.safetensors
         peers.append((PEERS["safetensors"].name,
-                      lambda: sum(consume(load_file(f)) for f in files), files))
+                      _held(lambda: {k: v for f in files for k, v in load_file(f).items()}),
+                      files))
     if "torch" in opts.peers and inputs.torch_file is not None:
         import torch
 
         pt = inputs.torch_file
         peers.append((PEERS["torch"].name,
-                      lambda: consume(torch.load(pt, mmap=True, weights_only=True)), [pt]))
+                      _held(lambda: torch.load(pt, mmap=True, weights_only=True)), [pt]))
     if "runai" in opts.peers and inputs.safetensors:
         ok, note = find_peer(PEERS["runai"])
         report.note(note)
         if ok:
             files = inputs.safetensors
-            peers.append((PEERS["runai"].name, lambda: _runai(files), files))
+            peers.append((PEERS["runai"].name, _held(lambda: _runai(files)), files))
     return peers
 
 
-def _runai(files: list[Path]) -> int:
+def _runai(files: list[Path]) -> dict[str, Any]:
     from runai_model_streamer import SafetensorsStreamer
 
-    total = 0
     with SafetensorsStreamer() as s:
         s.stream_files([os.fspath(f) for f in files])
-        for _name, t in s.get_tensors():
-            total += consume([t])
-    return total
+        return dict(s.get_tensors())  # owned tensors (the default): valid after the stream
 
 
 def _local_cases(report: Report, inputs: _Inputs, opts: LoadOptions, progress: Progress) -> None:
@@ -252,10 +261,8 @@ def _local_cases(report: Report, inputs: _Inputs, opts: LoadOptions, progress: P
 
     def load() -> Outcome:
         # bigstore.load checks every chunk's crc32c: that is its pass over every byte
-        return Outcome(_nbytes(bigstore.load(url)))
-
-    def wrap(fn: Callable[[], int]) -> Callable[[], Outcome]:
-        return lambda: Outcome(fn())
+        tensors = bigstore.load(url)
+        return Outcome(_nbytes(tensors), hold=tensors)
 
     states = [s for s, on in (("cold", opts.cold), ("warm", opts.warm)) if on]
     for state in states:
@@ -266,7 +273,7 @@ def _local_cases(report: Report, inputs: _Inputs, opts: LoadOptions, progress: P
         cases.append(Case("bigstore load", state, "contender", load, files=files, cold=cold,
                           warmup=warmup, note="its crc32c check is the pass over every byte"))
         for name, fn, pfiles in peers:
-            cases.append(Case(name, state, "peer", wrap(fn), files=pfiles, cold=cold,
+            cases.append(Case(name, state, "peer", fn, files=pfiles, cold=cold,
                               warmup=warmup))
         if cold:
             for n in opts.readers:
@@ -308,7 +315,8 @@ def _remote_cases(
                 "network" if kind == "remote" else "an in-memory store: nothing to drop")
 
     def load() -> Outcome:
-        return Outcome(_nbytes(bigstore.load(url, storage_options=storage_options)))
+        tensors = bigstore.load(url, storage_options=storage_options)
+        return Outcome(_nbytes(tensors), hold=tensors)
 
     threads = default_io_threads()
 

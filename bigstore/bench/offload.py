@@ -148,7 +148,8 @@ def _synthetic(
             report.note(note)
             if ok:
                 hf = work / "hf"
-                model.save_pretrained(hf)
+                with contextlib.redirect_stderr(io.StringIO()):  # transformers' own bar
+                    model.save_pretrained(hf)
     del model
     gc.collect()
     return _Model(cfg, url, hf, nbytes)
@@ -277,7 +278,9 @@ def _measure(
                                       prefetch=opts.prefetch, storage_options=storage_options,
                                       drop_cache=state == "cold", **extra)
         except BudgetError as e:
-            report.note(f"budget {budget} bytes skipped: {e}")
+            from .report import human_bytes
+
+            report.note(f"budget {human_bytes(budget)} skipped: {e}")
             return None
         ids = inputs[n].to(opts.device)
         with handle as m, torch.no_grad():

@@ -97,9 +97,13 @@ def _loader(report: Report, ax: Any) -> None:
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, marker="o", label=r.name)
-    target = next((c.target for c in report.checks if c.name.startswith("au")), None)
-    if target is not None:
+    target = next((c.target for c in report.checks if c.name.startswith("au")),
+                  report.settings.get("au_target"))
+    if isinstance(target, int | float):
         ax.axhline(target, color="tab:red", linestyle=":", label=f"target {target:.0%}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("epoch")
     ax.set_ylabel("accelerator utilisation")

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .cold import ColdCache
 from .counters import device_read_bytes, resident_bytes
@@ -29,6 +30,7 @@ class Outcome:
     seconds: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     latencies: Sequence[float] | None = None
+    hold: Any = None  # what the run produced: released after the clock stops, not inside it
 
 
 @dataclass
@@ -94,6 +96,7 @@ def _one(c: Case, row: Row, cold: ColdCache | None) -> tuple[RunSample, str | No
     t0 = time.perf_counter()
     out = c.fn()
     wall = time.perf_counter() - t0
+    out.hold = None  # e.g. unmapping loaded tensors is not part of loading them
     io1 = device_read_bytes() if io0 is not None else None
     method: str | None = None
     device: int | None = None

@@ -78,7 +78,7 @@ def gpt_config(total: int | None = None, *, quick: bool = False) -> Any:
         )
     # width grows with the size; the blocks (12 d^2 fp32 each) make up most of the weights
     d = 64 if total < 8 * MiB else 256 if total < 256 * MiB else 1024
-    vocab = 512 if d == 64 else 8192 if d == 256 else 32000
+    vocab = 512 if d == 64 else 4096 if d == 256 else 32000
     emb = (vocab + 1024) * d * 4
     layers = max(2, round((total - emb) / (12 * d * d * 4 + 13 * d * 4)))
     return transformers.GPT2Config(
