@@ -249,6 +249,9 @@ def _require(module: str, why: str) -> None:
 
 def _checks(report: Report, args: argparse.Namespace) -> None:
     groups = sorted({r.group for r in report.rows if r.role == "contender"})
+    if not groups and (args.require_bound is not None or args.require_peer is not None):
+        report.note(f"bench {args.bench_command} measures bounds only: --require-bound and "
+                    "--require-peer have nothing to check")
     if args.require_bound is not None:
         for g in groups:
             main = report.contender(g)
