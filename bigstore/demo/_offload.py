@@ -20,6 +20,7 @@ import torch
 from ..bench import drop_page_cache as _drop
 from ..bench import peak_rss_bytes, read_seconds, reset_peak_rss, store_files
 from ..bench.report import human_bytes
+from ..bench.synthetic import gpt_config as synthetic_gpt_config
 
 __all__ = ["run", "gpt_config", "drop_page_cache", "sequential_read_bandwidth"]
 
@@ -29,15 +30,7 @@ MiB = 1 << 20
 
 def gpt_config(quick: bool) -> Any:
     """GPT-2-style: 30 blocks of d=1024 and a 32k vocabulary (~1.64 GB fp32), or a tiny one."""
-    import transformers
-
-    if quick:
-        return transformers.GPT2Config(
-            n_layer=4, n_embd=64, n_head=4, vocab_size=512, n_positions=128
-        )
-    return transformers.GPT2Config(
-        n_layer=30, n_embd=1024, n_head=16, vocab_size=32000, n_positions=1024
-    )
+    return synthetic_gpt_config(quick=quick)
 
 
 def drop_page_cache(root: pathlib.Path) -> None:

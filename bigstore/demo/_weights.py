@@ -11,35 +11,10 @@ import torch
 
 from ..bench import direct_read_seconds, disk_bound_seconds, drop_page_cache, store_files
 from ..bench.report import human_bytes
+from ..bench.synthetic import make_state_dict
 from ..config import parse_bytes
 
 __all__ = ["make_state_dict", "run"]
-
-
-def make_state_dict(
-    total: int, dtype: torch.dtype = torch.bfloat16, hidden: int = 4096
-) -> dict[str, torch.Tensor]:
-    """Llama-shaped random tensors (attention and MLP matrices, norms) adding up to ~total."""
-    item = torch.empty((), dtype=dtype).element_size()
-    mlp = hidden * 8 // 3 // 256 * 256
-    per_layer = (4 * hidden * hidden + 3 * hidden * mlp + 2 * hidden) * item
-    layers = max(1, round(total / per_layer))
-    g = torch.Generator().manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return (torch.randn(*shape, generator=g) * 0.02).to(dtype)
-
-    sd: dict[str, torch.Tensor] = {}
-    for i in range(layers):
-        p = f"model.layers.{i}"
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            sd[f"{p}.self_attn.{n}.weight"] = rand(hidden, hidden)
-        sd[f"{p}.mlp.gate_proj.weight"] = rand(mlp, hidden)
-        sd[f"{p}.mlp.up_proj.weight"] = rand(mlp, hidden)
-        sd[f"{p}.mlp.down_proj.weight"] = rand(hidden, mlp)
-        sd[f"{p}.input_layernorm.weight"] = torch.ones(hidden, dtype=dtype)
-        sd[f"{p}.post_attention_layernorm.weight"] = torch.ones(hidden, dtype=dtype)
-    return sd
 
 
 def run(
