@@ -8,6 +8,7 @@ while ``except BigstoreError`` catches them all. Messages name the tensor, chunk
 from __future__ import annotations
 
 __all__ = [
+    "BenchTargetError",
     "BigstoreError",
     "BudgetError",
     "ChecksumError",
@@ -20,6 +21,7 @@ __all__ = [
     "InvalidIndexError",
     "InvalidKeyError",
     "InvalidURLError",
+    "MissingDependencyError",
     "MissingTensorError",
     "NotAStoreError",
     "QuantizeError",
@@ -121,3 +123,10 @@ class InvalidIndexError(BigstoreError, IndexError, TypeError):
 class QuantizeError(BigstoreError, ValueError):
     """A tensor that cannot be quantized as asked (non-finite values, a scale out of range)."""
 
+
+class MissingDependencyError(BigstoreError, ImportError):
+    """An optional package a feature needs is not installed (the message names the extra)."""
+
+
+class BenchTargetError(BigstoreError, ValueError):
+    """A benchmark target bigstore cannot measure (neither a store nor a known checkpoint)."""

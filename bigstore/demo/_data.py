@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..bench import direct_read_seconds, drop_page_cache, memcpy_seconds, store_files
+from ..bench.report import human_bytes
 
 __all__ = ["run"]
 
@@ -66,8 +67,8 @@ def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) ->
         "ratio_vs_disk": gbps / seq_bw, "exactly_once": True, "ok": True,
     }
     out["lines"] = [
-        f"dataset: {n:,} samples x {sample} B = {data_bytes / 1e9:.2f} GB, "
-        f"loader memory budget {budget >> 20} MiB",
+        f"dataset: {n:,} samples x {sample} B = {human_bytes(data_bytes)}, "
+        f"loader memory budget {human_bytes(budget)}",
         f"shuffled epoch (cold): every sample exactly once, {n / dt:,.0f} samples/s, "
         f"{gbps:.2f} GB/s",
         f"  = {gbps / mem_bw:.2f}x memcpy ({mem_bw:.1f} GB/s), "

@@ -19,6 +19,8 @@ import torch
 
 from ..bench import drop_page_cache as _drop
 from ..bench import peak_rss_bytes, read_seconds, reset_peak_rss, store_files
+from ..bench.report import human_bytes
+from ..bench.synthetic import gpt_config as synthetic_gpt_config
 
 __all__ = ["run", "gpt_config", "drop_page_cache", "sequential_read_bandwidth"]
 
@@ -28,15 +30,7 @@ MiB = 1 << 20
 
 def gpt_config(quick: bool) -> Any:
     """GPT-2-style: 30 blocks of d=1024 and a 32k vocabulary (~1.64 GB fp32), or a tiny one."""
-    import transformers
-
-    if quick:
-        return transformers.GPT2Config(
-            n_layer=4, n_embd=64, n_head=4, vocab_size=512, n_positions=128
-        )
-    return transformers.GPT2Config(
-        n_layer=30, n_embd=1024, n_head=16, vocab_size=32000, n_positions=1024
-    )
+    return synthetic_gpt_config(quick=quick)
 
 
 def drop_page_cache(root: pathlib.Path) -> None:
@@ -77,7 +71,7 @@ def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) ->
     weights = unique_state_dict(model)
     model_bytes = sum(t.numel() * t.element_size() for t in weights.values())
     budget = 320 * 1024 if quick else 256 * MiB
-    say(f"offload: built a GPT-style model, {model_bytes / GiB:.2f} GiB of weights "
+    say(f"offload: built a GPT-style model, {human_bytes(model_bytes)} of weights "
         f"({time.perf_counter() - t0:.1f} s); saving to {url}")
     bigstore.save(weights, url)
     del weights
@@ -132,14 +126,14 @@ def run(workdir: pathlib.Path, *, quick: bool = False, progress: bool = True) ->
         "tokens_match": same,
     }
     figures["lines"] = [
-        f"offload: {model_bytes / GiB:.2f} GiB GPT-style model under a {budget / MiB:.2f} MiB "
+        f"offload: {human_bytes(model_bytes)} GPT-style model under a {human_bytes(budget)} "
         f"budget on CPU: {new_tokens} tokens "
         + ("identical to the resident run" if same else "DIFFER from the resident run (bug)"),
         f"offload: {figures['tokens_per_s']:.2f} tokens/s (resident: "
-        f"{figures['resident_tokens_per_s']:.2f}), read {read / GiB:.2f} GiB at "
+        f"{figures['resident_tokens_per_s']:.2f}), read {human_bytes(read)} at "
         f"{eff / 1e9:.2f} GB/s = {figures['pct_of_disk']:.0f}% of the disk's "
         f"{disk_bw / 1e9:.2f} GB/s ({method})",
-        f"offload: peak weights resident {peak_resident / MiB:.1f} MiB; process peak RSS "
+        f"offload: peak weights resident {human_bytes(peak_resident)}; process peak RSS "
         f"{rss / MiB:.0f} MiB ({(rss - base_rss) / MiB:+.0f} MiB while offloading)",
     ]
     figures["ok"] = bool(same)

@@ -10,35 +10,11 @@ from typing import Any
 import torch
 
 from ..bench import direct_read_seconds, disk_bound_seconds, drop_page_cache, store_files
+from ..bench.report import human_bytes
+from ..bench.synthetic import make_state_dict
 from ..config import parse_bytes
 
 __all__ = ["make_state_dict", "run"]
-
-
-def make_state_dict(
-    total: int, dtype: torch.dtype = torch.bfloat16, hidden: int = 4096
-) -> dict[str, torch.Tensor]:
-    """Llama-shaped random tensors (attention and MLP matrices, norms) adding up to ~total."""
-    item = torch.empty((), dtype=dtype).element_size()
-    mlp = hidden * 8 // 3 // 256 * 256
-    per_layer = (4 * hidden * hidden + 3 * hidden * mlp + 2 * hidden) * item
-    layers = max(1, round(total / per_layer))
-    g = torch.Generator().manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return (torch.randn(*shape, generator=g) * 0.02).to(dtype)
-
-    sd: dict[str, torch.Tensor] = {}
-    for i in range(layers):
-        p = f"model.layers.{i}"
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            sd[f"{p}.self_attn.{n}.weight"] = rand(hidden, hidden)
-        sd[f"{p}.mlp.gate_proj.weight"] = rand(mlp, hidden)
-        sd[f"{p}.mlp.up_proj.weight"] = rand(mlp, hidden)
-        sd[f"{p}.mlp.down_proj.weight"] = rand(hidden, mlp)
-        sd[f"{p}.input_layernorm.weight"] = torch.ones(hidden, dtype=dtype)
-        sd[f"{p}.post_attention_layernorm.weight"] = torch.ones(hidden, dtype=dtype)
-    return sd
 
 
 def run(
@@ -81,7 +57,7 @@ def run(
             "load_warm": nbytes / warm_s / 1e9, "convert": nbytes / convert_s / 1e9}
     pct = 100 * gbps["load_cold"] / gbps["disk_sequential"]
     lines = [
-        f"[weights] {nbytes / 2**30:.2f} GiB bf16 checkpoint, {len(files) - 1} files in the store",
+        f"[weights] {human_bytes(nbytes)} bf16 checkpoint, {len(files) - 1} files in the store",
         f"  convert safetensors -> bigstore  {convert_s:6.2f} s  {gbps['convert']:5.2f} GB/s",
         f"  disk sequential read (O_DIRECT)  {disk_s:6.2f} s  {gbps['disk_sequential']:5.2f} GB/s",
         f"  disk, best of 1-8 readers ({readers})  {best_s:6.2f} s  "

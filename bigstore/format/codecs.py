@@ -34,18 +34,32 @@ def crc32c_of(parts: Sequence[Any]) -> int:
 
 
 def parse_codec(spec: str | None) -> ChunkCodec:
-    """``None`` | ``"zstd"`` | ``"zstd:7"`` | ``"gzip"`` | ``"gzip:9"``."""
-    if spec is None or spec in ("", "none", "raw"):
+    """``None`` | ``"none"`` | ``"zstd"`` | ``"zstd:7"`` | ``"gzip"`` | ``"gzip:9"`` (names
+    are case-insensitive; zstd levels 1-22, gzip levels 0-9)."""
+    # the level ranges numcodecs accepts for the chains bigstore writes
+    levels = {"zstd": (1, 22), "gzip": (0, 9)}
+    text = "" if spec is None else str(spec).strip()
+    if text.lower() in ("", "none", "raw"):
         return ChunkCodec(None, 0)
-    name, _, level = spec.partition(":")
+    name, sep, level = text.partition(":")
+    name = name.strip().lower()
     if name not in _COMPRESSORS:
         raise UnsupportedCodecError(
-            f"unknown codec {spec!r}; choose one of: None, " + ", ".join(_COMPRESSORS)
+            f"unknown codec {spec!r}; choose one of: none, " + ", ".join(_COMPRESSORS)
         )
+    lo, hi = levels[name]
+    if sep and not level.strip():
+        raise UnsupportedCodecError(f"codec {spec!r} names no level after ':' ({lo}-{hi})")
     try:
-        lvl = int(level) if level else _DEFAULT_LEVEL[name]
+        lvl = int(level) if sep else _DEFAULT_LEVEL[name]
     except ValueError:
-        raise UnsupportedCodecError(f"codec level in {spec!r} is not an integer") from None
+        raise UnsupportedCodecError(
+            f"codec level in {spec!r} is not an integer ({name} levels are {lo}-{hi})"
+        ) from None
+    if not lo <= lvl <= hi:
+        raise UnsupportedCodecError(
+            f"codec level {lvl} in {spec!r} is out of range: {name} levels are {lo}-{hi}"
+        )
     return ChunkCodec(name, lvl)
 
 

@@ -7,7 +7,9 @@ lock. Others wait for it (up to a timeout) and then go ahead on the new state; a
 they fail with :class:`ConcurrentWriteError`, having changed nothing.
 
 * Local directories: ``flock`` on ``.<name>.bigstore-lock`` beside the store; the kernel releases
-  it when the holder dies, so a killed writer never blocks the next one.
+  it when the holder dies, so a killed writer never blocks the next one. The holder removes the
+  file when done (a waiter that then finds the path gone, or pointing at a newer file, tries
+  again), so no lock file outlives the write; one left by a killed writer is reused.
 * Object stores: a lease object created with a conditional put (S3 ``If-None-Match: *``); the
   holder refreshes it while working, and a lease not refreshed for ``stale_after`` seconds (its
   holder was killed) is broken by the next writer.
@@ -40,28 +42,44 @@ _POLL = 0.05
 
 @contextlib.contextmanager
 def file_lock(path: Path, url: str, timeout: float) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if absent, never deleted)."""
+    """An exclusive ``flock`` on ``path``, removed again when released."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise ConcurrentWriteError(
-                        f"{url} is being written by another process; gave up after {timeout:g} s "
-                        "(nothing was written): try again when it is done"
-                    ) from None
-                time.sleep(_POLL)
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            _flock(fd, url, timeout, deadline)
+            try:
+                same = path.stat().st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # the holder removed (and someone re-created) the file: lock the new one
+    try:
+        yield
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # while still holding it: waiters on this inode will see it gone
+        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _flock(fd: int, url: str, timeout: float, deadline: float) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise ConcurrentWriteError(
+                    f"{url} is being written by another process; gave up after {timeout:g} s "
+                    "(nothing was written): try again when it is done"
+                ) from None
+            time.sleep(_POLL)
 
 
 @contextlib.contextmanager

@@ -17,3 +17,5 @@ def test_demo_quick_json() -> None:
     assert d["offload"]["tokens_match"] is True
     assert d["offload"]["peak_resident_bytes"] <= d["offload"]["budget"]
     assert d["data"]["exactly_once"] is True and d["data"]["samples_per_s"] > 0
+    # sizes are printed in a unit that shows them (the quick model is a few hundred KiB)
+    assert d["lines"] and not any(" 0.00 " in line for line in d["lines"])

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 __all__ = [
-    "buffered_read_seconds", "direct_read_seconds", "disk_bound_seconds", "drop_page_cache",
-    "memcpy_seconds",
-    "peak_rss_bytes", "read_seconds", "reset_peak_rss", "store_files",
+    "ALIGN", "BLOCK", "buffered_read_seconds", "direct_read_seconds", "disk_bound_seconds",
+    "drop_page_cache", "memcpy_seconds", "o_direct_supported", "random_read_latencies",
+    "read_seconds", "store_files",
 ]
 
-_ALIGN = 4096
-_BLOCK = 8 << 20
+ALIGN = 4096
+BLOCK = 8 << 20
 
 
 def store_files(root: str | os.PathLike[str]) -> list[Path]:
@@ -50,6 +51,27 @@ def drop_page_cache(paths: Iterable[str | os.PathLike[str]]) -> None:
             os.close(fd)
 
 
+def o_direct_supported(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path``'s file system accepts O_DIRECT (tmpfs and some overlays refuse it)."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | flag)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def _pieces(paths: Sequence[str | os.PathLike[str]]) -> Iterator[tuple[str, int]]:
+    """(path, offset) of every BLOCK-sized request that reads the files in order."""
+    for p in paths:
+        size = Path(p).stat().st_size
+        for off in range(0, max(size, 1), BLOCK):
+            yield os.fspath(p), off
+
+
 def read_seconds(
     paths: Sequence[str | os.PathLike[str]], *, direct: bool, threads: int = 1
 ) -> tuple[float, int]:
@@ -58,24 +80,31 @@ def read_seconds(
     direct=True: with O_DIRECT, the disk's sequential bound with the page cache bypassed (where
     a filesystem refuses O_DIRECT, e.g. tmpfs, the file's pages are dropped and it is read
     through the cache). direct=False: through the page cache (warm, if the files are cached).
-    threads > 1: that many readers share the files (whole files each, in order), keeping
-    several requests in flight as a disk or an object store needs to reach its limit.
+    threads > 1: that many readers take the next 8 MiB request of the files in order, keeping
+    several requests in flight as a disk or an object store needs to reach its limit (one file
+    is shared by all readers too).
     """
-    if threads <= 1 or len(paths) <= 1:
+    if threads <= 1:
         t0 = time.perf_counter()
         total = _read_files(paths, direct)
         return time.perf_counter() - t0, total
     from concurrent.futures import ThreadPoolExecutor
 
-    parts = [list(paths[i::threads]) for i in range(threads)]
+    work = _pieces(paths)
+    lock = threading.Lock()
+
+    def reader() -> int:
+        return _read_pieces(work, lock, direct)
+
     with ThreadPoolExecutor(threads) as pool:
         t0 = time.perf_counter()
-        total = sum(pool.map(lambda ps: _read_files(ps, direct), parts))
+        futures = [pool.submit(reader) for _ in range(threads)]
+        total = sum(f.result() for f in futures)
         return time.perf_counter() - t0, total
 
 
 def _read_files(paths: Sequence[str | os.PathLike[str]], direct: bool) -> int:
-    buf = mmap.mmap(-1, _BLOCK)  # page-aligned, as O_DIRECT requires
+    buf = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT requires
     view = memoryview(buf)
     total = 0
     try:
@@ -87,7 +116,7 @@ def _read_files(paths: Sequence[str | os.PathLike[str]], direct: bool) -> int:
                     n = os.preadv(fd, [view], off)
                     total += n
                     off += n
-                    if n < _BLOCK:
+                    if n < BLOCK:
                         break
             finally:
                 os.close(fd)
@@ -95,6 +124,29 @@ def _read_files(paths: Sequence[str | os.PathLike[str]], direct: bool) -> int:
         view.release()
         buf.close()
     return total
+
+
+def _read_pieces(work: Iterator[tuple[str, int]], lock: threading.Lock, direct: bool) -> int:
+    buf = mmap.mmap(-1, BLOCK)
+    view = memoryview(buf)
+    total = 0
+    fds: dict[str, int] = {}
+    try:
+        while True:
+            with lock:
+                item = next(work, None)
+            if item is None:
+                return total
+            path, off = item
+            fd = fds.get(path)
+            if fd is None:
+                fd = fds[path] = _open_for_read(path, direct)
+            total += os.preadv(fd, [view], off)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+        view.release()
+        buf.close()
 
 
 def _open_for_read(path: str | os.PathLike[str], direct: bool) -> int:
@@ -134,6 +186,53 @@ def buffered_read_seconds(paths: Sequence[str | os.PathLike[str]]) -> tuple[floa
     return read_seconds(paths, direct=False)
 
 
+def random_read_latencies(
+    path: str | os.PathLike[str], block: int, count: int, *, direct: bool, seed: int = 0,
+    threads: int = 1,
+) -> tuple[float, np.ndarray[tuple[int], np.dtype[np.float64]]]:
+    """Read ``count`` blocks of ``block`` bytes at random aligned offsets of one file.
+
+    Returns (wall seconds, per-request seconds). ``threads`` readers share the requests (the
+    queue depth). direct=True bypasses the page cache where the file system allows it.
+    """
+    size = Path(path).stat().st_size
+    block = max(ALIGN, block // ALIGN * ALIGN)
+    slots = max(1, size // block)
+    offsets = np.random.default_rng(seed).integers(0, slots, count) * block
+    lat = np.empty(count, np.float64)
+    nxt = iter(range(count))
+    lock = threading.Lock()
+
+    def reader() -> None:
+        buf = mmap.mmap(-1, block)
+        view = memoryview(buf)
+        fd = _open_for_read(path, direct)
+        try:
+            while True:
+                with lock:
+                    i = next(nxt, None)
+                if i is None:
+                    return
+                t = time.perf_counter()
+                os.preadv(fd, [view], int(offsets[i]))
+                lat[i] = time.perf_counter() - t
+        finally:
+            os.close(fd)
+            view.release()
+            buf.close()
+
+    t0 = time.perf_counter()
+    if threads <= 1:
+        reader()
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            for f in [pool.submit(reader) for _ in range(threads)]:
+                f.result()
+    return time.perf_counter() - t0, lat
+
+
 def memcpy_seconds(nbytes: int, *, repeat: int = 3) -> float:
     """Best-of-``repeat`` seconds for one memcpy of ``nbytes`` between warm buffers."""
     n = max(1, min(nbytes, 1 << 30))
@@ -146,27 +245,3 @@ def memcpy_seconds(nbytes: int, *, repeat: int = 3) -> float:
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - t0)
     return best * (nbytes / n)
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size since the last :func:`reset_peak_rss`."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def reset_peak_rss() -> bool:
-    """Restart the peak-RSS count from the current RSS (Linux); False where unsupported."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
