@@ -171,7 +171,7 @@ class Pager:
     def _free_host(self, st: _UnitState) -> None:
         assert st.host is not None
         host, st.host = st.host, None
-        self.stats.host_bytes -= host.nbytes
+        self.stats.host_bytes -= st.nbytes  # what was reserved (the unit's padded size)
         if not st.loaded:
             self.filler.free_host(st.requests, host)
 

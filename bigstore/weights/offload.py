@@ -395,12 +395,18 @@ def _offload(
     undo.append(restore_mode)
     handles = _install_hooks(model, units, pager, _Guard(pager, owner) if config.guard else None,
                              undo)
-    _OFFLOADED.add(model)
-    undo.append(lambda: _OFFLOADED.discard(model))
+    mods = list(model.modules())  # the model and everything inside it
+    _OFFLOADED.update(mods)
+
+    def forget() -> None:
+        for mod in mods:
+            _OFFLOADED.discard(mod)
+
+    undo.append(forget)
     return OffloadedModel(model, pager, filler, ts, config, restore, handles, undo)
 
 
-# modules offloaded now: offloading one twice is refused
+# modules offloaded now (with everything inside them): offloading one twice is refused
 _OFFLOADED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
