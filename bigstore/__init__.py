@@ -22,11 +22,12 @@ from .verify import verify
 from .weights import TensorHandle, TensorStore, TensorWriter, load, load_numpy, open, save
 from .weights.convert import convert
 from .weights.offload import OffloadedModel, offload, skeleton, unique_state_dict
+from .weights.pretrained import from_pretrained
 
 __all__ = [
     "BigstoreError", "Dataset", "DatasetWriteConfig", "Loader", "LoaderConfig", "OffloadConfig",
     "OffloadedModel",
     "ReadConfig", "TensorHandle", "TensorStore", "TensorWriter", "WriteConfig", "__version__",
-    "convert", "load", "load_numpy", "offload", "open", "open_dataset", "parse_bytes", "save",
-    "skeleton", "unique_state_dict", "verify", "write_dataset",
+    "convert", "from_pretrained", "load", "load_numpy", "offload", "open", "open_dataset",
+    "parse_bytes", "save", "skeleton", "unique_state_dict", "verify", "write_dataset",
 ]

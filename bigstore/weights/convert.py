@@ -273,13 +273,24 @@ def convert(
         return {"src": s, "dst": d, "tensors": count, "nbytes": total, "format": kind}
     metas = save(
         iter_source(s, storage_options), d, codec=codec, chunk_bytes=parse_bytes(chunk_bytes),
-        storage_options=storage_options, progress=progress,
+        storage_options=storage_options, progress=progress, files=_companions(s),
     )
     nbytes = sum(m.nbytes for m in metas.values())
     return {"src": s, "dst": d, "tensors": len(metas), "nbytes": nbytes, "format": "bigstore",
             "chunks": sum(m.n_chunks for m in metas.values()),
             "largest": max((m.nbytes for m in metas.values()), default=0),
             "mean_chunk": math.ceil(nbytes / max(1, sum(m.n_chunks for m in metas.values())))}
+
+
+def _companions(src: str) -> dict[str, bytes]:
+    """The config and tokenizer files of a Hugging Face model directory, kept with the store
+    so that ``bigstore.from_pretrained`` opens the converted store as it opens the directory."""
+    if not is_local_url(src) or _source_kind(src) != "hf-dir":
+        return {}
+    from .pretrained import HF_FILES
+
+    d = Path(local_path(src))
+    return {n: (d / n).read_bytes() for n in HF_FILES if (d / n).is_file()}
 
 
 def write_file(

@@ -47,6 +47,7 @@ class TensorWriter:
         self._stage: Store | None = None
         self._metas: dict[str, ArrayLayout] = {}
         self._docs: dict[str, dict[str, Any]] = {}
+        self._files: list[str] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
     def begin(self) -> TensorWriter:
@@ -89,6 +90,17 @@ class TensorWriter:
             raise
         return dict(self._metas)
 
+    def put_file(self, name: str, data: bytes) -> None:
+        """Keep a companion file (a model's ``config.json``, its tokenizer files) at the
+        store's root: not an array, ignored by Zarr readers, committed with the tensors."""
+        if self._stage is None:
+            raise BigstoreError("TensorWriter.put_file() outside an open write (use `with`)")
+        check_name(name, "file")
+        if name in self._metas:
+            raise InvalidKeyError(f"{name!r} is a tensor of this store")
+        self._stage.put(name, data)
+        self._files.append(name)
+
     @property
     def written(self) -> dict[str, ArrayLayout]:
         """The layouts of the tensors written so far."""
@@ -100,7 +112,7 @@ class TensorWriter:
         if self._stage is None:
             raise BigstoreError("TensorWriter.write() outside an open write (use `with`)")
         check_name(name)
-        if name in self._metas:
+        if name in self._metas or name in self._files:
             raise InvalidKeyError(f"tensor {name!r} written twice")
         arr, spec = to_storage_array(name, tensor)
         shape = tuple(int(d) for d in arr.shape)
@@ -148,6 +160,7 @@ def save(
     progress: bool = False,
     overwrite: bool = False,
     durable: bool = WriteConfig.durable,
+    files: Mapping[str, bytes] | None = None,
 ) -> dict[str, ArrayLayout]:
     """Write ``tensors`` (a mapping or an iterable of ``(name, tensor)`` pairs) to ``url``.
 
@@ -155,7 +168,8 @@ def save(
     in memory all at once. The store appears at ``url`` atomically when all are written; on any
     error the previous store at ``url`` (if any) is left as it was. Replacing a bigstore dataset
     with tensors needs ``overwrite=True``. ``durable``: fsync before the commit (see
-    :class:`~bigstore.config.WriteConfig`).
+    :class:`~bigstore.config.WriteConfig`). ``files``: companion files kept at the store's
+    root (see :meth:`TensorWriter.put_file`).
     """
     config = WriteConfig(chunk_bytes=parse_bytes(chunk_bytes), codec=codec, durable=durable)
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
@@ -165,6 +179,8 @@ def save(
                           overwrite=overwrite) as w:
             for name, value in items:
                 w.write(name, value)
+            for fname, data in (files or {}).items():
+                w.put_file(fname, data)
         return w.written
     finally:
         if bar is not None:
