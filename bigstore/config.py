@@ -131,6 +131,8 @@ class OffloadConfig:
         host copy is evicted, so every use really reads storage (measuring a disk, say).
     align: byte alignment of each tensor inside a unit's buffer.
     guard: watch ops while the model runs so weights read outside their module are paged in.
+    embedding_rows: an embedding paged as a unit of its own (not tied to another module) loads
+        only the rows its lookup needs, when they are at most half of it.
     cache_dir / cache_bytes: for remote stores, keep read chunks in this local directory,
         holding at most ``cache_bytes`` bytes.
     """
@@ -142,6 +144,7 @@ class OffloadConfig:
     drop_cache: bool = False
     align: int = 256
     guard: bool = True
+    embedding_rows: bool = True
     cache_dir: str | None = None
     cache_bytes: int = 16 * GiB
 

@@ -140,6 +140,8 @@ class Filler(ABC):
         self.device = device
         self.bytes_read = 0  # bytes delivered into destinations (device-buffer bytes)
         self._lock = threading.Lock()
+        self._verified: dict[str, np.ndarray[Any, Any]] = {}
+        self.recheck = False  # check mapped chunks on every use (their pages get dropped)
         self.worker: Worker | None = (
             Worker(8, f"bigstore-fill-{device.type}") if background else None
         )
@@ -169,6 +171,36 @@ class Filler(ABC):
         a host copy still holds the unit)."""
         tensors.clear()
 
+    def fill_rows(self, layout: ArrayLayout, rows: np.ndarray[Any, Any]) -> torch.Tensor:
+        """Rows ``rows`` (sorted, distinct) of ``layout`` as a compact uint8 tensor on the
+        device, synchronously: only the chunks holding them are read (and checked)."""
+        host = self._rows_on_host(layout, rows)
+        return host if self.device.type == "cpu" else host.to(self.device)
+
+    def _rows_on_host(self, layout: ArrayLayout, rows: np.ndarray[Any, Any]) -> torch.Tensor:
+        rb = layout.row_bytes
+        out = host_buffer(len(rows) * rb)
+        dst = out.numpy().reshape(len(rows), rb)
+        store = self.reader.store
+        if self.device.type == "cpu" and mappable(store, layout):
+            m = MappedArray(store, layout, verified=self._record(layout))
+            if self.reader.verify:
+                m.verify(np.unique(rows // layout.chunk_rows), again=self.recheck)
+            np.take(m.data().reshape(layout.rows, rb), rows, axis=0, out=dst)
+        else:  # whole chunks (their checksums cover them), then the rows out of them
+            chunks = np.unique(rows // layout.chunk_rows)
+            bufs = [np.empty((layout.chunk_rows, rb), np.uint8) for _ in chunks]
+            self.reader.read_chunks(layout, chunks.tolist(), bufs)
+            where = np.searchsorted(chunks, rows // layout.chunk_rows)
+            for i, (c, r) in enumerate(zip(where.tolist(), (rows % layout.chunk_rows).tolist())):
+                dst[i] = bufs[c][r]
+        self._count(out.numel())
+        return out
+
+    def _record(self, layout: ArrayLayout) -> np.ndarray[Any, Any]:
+        """This process's record of the checked chunks of ``layout`` (mappings come and go)."""
+        return self._verified.setdefault(layout.path, np.zeros(max(1, layout.n_chunks), np.uint8))
+
     def free_host(self, requests: Sequence[FillRequest], host: HostCopy) -> None:
         """A host copy leaves the host tier."""
         host.tensors.clear()
@@ -190,8 +222,7 @@ class CpuFiller(Filler):
     def __init__(self, reader: ChunkReader, *, background: bool, drop_cache: bool) -> None:
         super().__init__(reader, torch.device("cpu"), background=background)
         self.drop_cache = drop_cache
-        # which chunks this process has checked, per array (mappings come and go per fill)
-        self._verified: dict[str, np.ndarray[Any, Any]] = {}
+        self.recheck = drop_cache
 
     def allocate(self, nbytes: int) -> tuple[torch.Tensor, Any]:
         # one tensor per request is made by the fill itself (mapped or read): the buffer is
@@ -216,8 +247,7 @@ class CpuFiller(Filler):
         out: dict[int, MappedArray] = {}
         for i, r in enumerate(requests):
             if mappable(store, r.layout):
-                m = MappedArray(store, r.layout,
-                                verified=self._verified.setdefault(r.layout.path, _fresh(r)))
+                m = MappedArray(store, r.layout, verified=self._record(r.layout))
                 m.advise()  # the disk gets the whole request in flight
                 out[i] = m
         return out
@@ -275,10 +305,6 @@ class CpuFiller(Filler):
 
     def free_host(self, requests: Sequence[FillRequest], host: HostCopy) -> None:
         self.release(requests, host.tensors)
-
-
-def _fresh(r: FillRequest) -> np.ndarray[Any, Any]:
-    return np.zeros(max(1, r.layout.n_chunks), np.uint8)
 
 
 class CudaFiller(Filler):

@@ -21,6 +21,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,7 +33,10 @@ from ..plan.residency import Tiers, plan_tiers
 from ..plan.schedule import NEVER, Schedule, choose_victims, plan_layout
 from ._units import Unit
 
-__all__ = ["PassBytes", "Pager", "PagerStats"]
+__all__ = ["PassBytes", "Pager", "PagerStats", "ROWS_WORTH"]
+
+#: rows are loaded instead of the whole unit only when they are at most 1/ROWS_WORTH of it
+ROWS_WORTH = 2
 
 
 @dataclass
@@ -78,6 +82,7 @@ class _UnitState:
     pins: int = 0
     host: HostCopy | None = None  # the unit's host-tier copy, when it keeps one
     keeping: bool = False  # a fill in flight was asked to make a host copy (bytes reserved)
+    rows_bytes: int = 0  # loaded as just some rows (an embedding's looked-up rows)
 
 
 class Pager:
@@ -114,6 +119,7 @@ class Pager:
         self._recording: list[int] = []
         self.frames: list[list[int]] = []
         self.busy = False  # set while the pager itself touches parameters (the guard skips)
+        self.rows_units: frozenset[int] = frozenset()  # may load just the rows a lookup needs
 
     # -- passes -------------------------------------------------------------------------------
     @property
@@ -129,6 +135,9 @@ class Pager:
         """Close a pass (also one that raised midway, even with KeyboardInterrupt)."""
         self.stats.passes += 1
         for st in self.units:  # a pass that raised midway must not leave pins behind
+            if st.pins and st.rows_bytes:
+                st.pins = 1
+                self.release(st.unit.index)
             st.pins = 0
         self.frames = []
         self.stats.last_pass = self.stats.this_pass
@@ -159,8 +168,13 @@ class Pager:
         if self.schedule.provisional:
             self.tiers = Tiers(frozenset(), frozenset())
         else:
-            self.tiers = plan_tiers(self.schedule, self.sizes, self.budget - self.fixed_bytes,
-                                    self.host_budget, self.prefetch)
+            # units read row by row take no host memory: their rows are few and change
+            sizes = {u: n for u, n in self.sizes.items() if u not in self.rows_units}
+            tiers = plan_tiers(self.schedule, sizes, self.budget - self.fixed_bytes,
+                               self.host_budget, self.prefetch)
+            device = plan_tiers(self.schedule, self.sizes, self.budget - self.fixed_bytes, 0,
+                                self.prefetch).device
+            self.tiers = Tiers(device, tiers.host - device)
         for st in self.units:
             if st.host is not None and st.unit.index not in self.tiers.host:
                 self._free_host(st)
@@ -210,9 +224,55 @@ class Pager:
         finally:
             self.busy = False
 
+    def acquire_rows(self, u: int, rows: Any) -> bool:
+        """Load just ``rows`` (sorted, distinct) of unit ``u``'s one weight, pinned, when that
+        reads less than the whole unit: True when done, False when the whole unit should be
+        acquired instead (it is on the device, kept in RAM, or most rows are needed)."""
+        st = self.units[u]
+        (req,) = st.requests
+        n = len(rows) * req.layout.row_bytes
+        if (st.loaded or st.future is not None or st.host is not None or st.pins
+                or u in self.tiers.device or n * ROWS_WORTH > st.nbytes
+                or sum(self.sizes.values()) <= self.budget - self.fixed_bytes):
+            return False  # the whole unit is here, or cheap, or everything fits the budget
+        self.busy = True
+        try:
+            self._recording.append(u)
+            self.cursor = self.schedule.resync(u, self.cursor)
+            self._make_room(n, demand=True, nearer_than=NEVER)
+            self.stats.resident_bytes += n
+            self.stats.peak_resident_bytes = max(self.stats.peak_resident_bytes,
+                                                 self.stats.resident_bytes)
+            assert self.stats.resident_bytes <= self.budget, "pager accounting exceeded the budget"
+            st.rows_bytes = n
+            try:
+                t = self.filler.fill_rows(req.layout, rows)
+            except BaseException:
+                self.stats.resident_bytes -= n
+                st.rows_bytes = 0
+                raise
+            (w,) = st.unit.weights
+            (p,) = st.params
+            p.data = t.view(w.dtype).view(len(rows), *w.shape[1:])
+            st.pins += 1
+            self.stats.this_pass.storage += n
+            self._prefetch()
+        finally:
+            self.busy = False
+        return True
+
     def release(self, u: int) -> None:
         st = self.units[u]
         st.pins = max(0, st.pins - 1)
+        if st.rows_bytes and not st.pins:  # rows are used by one lookup: free them at once
+            busy, self.busy = self.busy, True  # setting .data is an op the guard would see
+            try:
+                for p, ph in zip(st.params, st.placeholders):
+                    p.data = ph
+            finally:
+                self.busy = busy
+            self.stats.resident_bytes -= st.rows_bytes
+            st.rows_bytes = 0
 
     def demand(self, u: int) -> None:
         """A guarded op outside ``u``'s own module reads it: pin it until the frame ends."""
@@ -289,8 +349,10 @@ class Pager:
             return
         for k, v in enumerate(self.schedule.upcoming(self.cursor, self.prefetch)):
             st = self.units[v]
-            if st.loaded or st.future is not None:
+            if st.loaded or st.future is not None or st.rows_bytes:
                 continue
+            if v in self.rows_units and v not in self.tiers.device and st.host is None:
+                continue  # looked up row by row: never read whole ahead of time
             # never evict what is needed before the unit being fetched
             if not self._start(st, demand=False, nearer_than=float(k)):
                 return

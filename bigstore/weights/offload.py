@@ -286,6 +286,7 @@ def offload(
     drop_cache: bool = OffloadConfig.drop_cache,
     staging_bytes: int | str = OffloadConfig.staging_bytes,
     guard: bool = OffloadConfig.guard,
+    embedding_rows: bool = OffloadConfig.embedding_rows,
     read_config: ReadConfig | None = None,
 ) -> OffloadedModel:
     """Page ``model``'s weights from the store at ``url`` into ``device`` as its forward needs.
@@ -315,7 +316,7 @@ def offload(
         budget=parse_bytes(budget),
         host_budget=None if host_budget is None else parse_bytes(host_budget),
         prefetch=prefetch, staging_bytes=parse_bytes(staging_bytes),
-        drop_cache=drop_cache, guard=guard,
+        drop_cache=drop_cache, guard=guard, embedding_rows=embedding_rows,
         cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
         cache_bytes=parse_bytes(cache_bytes),
     )
@@ -385,6 +386,8 @@ def _offload(
         units, params, layouts, filler, budget=config.budget, host_budget=host,
         fixed_bytes=fixed, prefetch=config.prefetch, align=config.align,
     )
+    if config.embedding_rows:
+        pager.rows_units = frozenset(_embedding_units(model, units))
     undo: list[Callable[[], None]] = []
     was_training = model.training
     model.eval()
@@ -404,6 +407,20 @@ def _offload(
 
     undo.append(forget)
     return OffloadedModel(model, pager, filler, ts, config, restore, handles, undo)
+
+
+def _embedding_units(model: nn.Module, units: list[Unit]) -> list[int]:
+    """Units that are one untied ``nn.Embedding`` weight read by that embedding alone: a
+    lookup needs only some of its rows."""
+    out = []
+    for u in units:
+        if len(u.weights) != 1 or len(u.weights[0].names) != 1 or len(u.hook_modules) != 1:
+            continue
+        mod = model.get_submodule(u.hook_modules[0]) if u.hook_modules[0] else model
+        if (isinstance(mod, nn.Embedding) and mod.max_norm is None
+                and u.weights[0].names[0] == f"{u.hook_modules[0]}.weight"):
+            out.append(u.index)
+    return out
 
 
 # modules offloaded now (with everything inside them): offloading one twice is refused
@@ -460,6 +477,21 @@ def _install_hooks(
         pager.acquire(u)
         pager.push_frame()
 
+    def rows_begin(u: int, _m: nn.Module, args: Any) -> Any:
+        """An embedding lookup: load only the looked-up rows, and look up in them."""
+        ids = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if ids is not None and not ids.is_floating_point():
+            pager.busy = True  # no guard work for these few ops
+            try:
+                uniq, inverse = torch.unique(ids, sorted=True, return_inverse=True)
+            finally:
+                pager.busy = False
+            if pager.acquire_rows(u, uniq.cpu().numpy()):
+                pager.push_frame()
+                return (inverse.view(ids.shape), *args[1:])
+        unit_begin(u, _m, args)
+        return None
+
     def unit_end(u: int, _m: nn.Module, _a: Any, _o: Any) -> None:
         pager.pop_frame()
         pager.release(u)
@@ -469,7 +501,8 @@ def _install_hooks(
             if name == "":  # the root's own parameters: acquired by the wrapper above
                 continue
             mod = model.get_submodule(name)
-            handles.append(mod.register_forward_pre_hook(partial(unit_begin, u.index)))
+            begin = rows_begin if u.index in pager.rows_units else unit_begin
+            handles.append(mod.register_forward_pre_hook(partial(begin, u.index)))
             handles.append(
                 mod.register_forward_hook(partial(unit_end, u.index), always_call=True)
             )

@@ -227,3 +227,28 @@ def test_training_mode_is_eval_while_offloaded(saved: tuple[str, Net]) -> None:
     with offload(sk, url, device="cpu", budget="1GiB"):
         assert not sk.training and not sk.blocks[0].training
     assert sk.training  # restored
+
+
+def test_embedding_reads_only_the_rows_looked_up(tmp_path: Path) -> None:
+    vocab = 2048  # vocabulary-heavy: the embedding is the largest unit
+    cfg = transformers.LlamaConfig(
+        num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=False,
+        max_position_embeddings=64)
+    torch.manual_seed(0)
+    ref = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    bigstore.save(unique_state_dict(ref), tmp_path / "m")
+    ids = torch.randint(0, vocab, (1, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = ref.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    emb = vocab * 32 * 4
+    read = {}
+    for rows in (True, False):
+        with skeleton():
+            sk = transformers.AutoModelForCausalLM.from_config(cfg)
+        with offload(sk, tmp_path / "m", device="cpu", budget=emb + 8192, host_budget=0,
+                     embedding_rows=rows) as m, torch.no_grad():
+            got = m.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+            assert torch.equal(got, want)
+            read[rows] = m.last_pass.storage  # a decode step: one token
+    assert read[False] - read[True] == emb - 32 * 4  # the whole table vs the one row used
