@@ -54,3 +54,48 @@ def test_cuda_gpt2_generate(tmp_path: Path) -> None:
         got = m.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
         assert torch.equal(got, want)
         assert m.stats.evictions > 0
+
+
+@pytest.mark.parametrize("host", ["0", "1GiB"])
+def test_cuda_host_tier(tmp_path: Path, host: str) -> None:
+    torch.manual_seed(0)
+    ref = Net().eval()
+    bigstore.save(unique_state_dict(ref), tmp_path / "m")
+    ref = ref.cuda()
+    with skeleton():
+        sk = Net().eval()
+    with offload(sk, tmp_path / "m", device="cuda", budget=64 * 1024, host_budget=host,
+                 prefetch=2) as m, torch.no_grad():
+        for i, x in enumerate(_inputs()):
+            x = x.cuda()
+            assert torch.equal(m(x), ref(x))
+            if i and host != "0":  # pinned host copies: no storage read after the first pass
+                assert m.last_pass.storage == 0 and m.last_pass.host > 0
+            if host == "0":
+                assert m.last_pass.host == 0
+        if host != "0":
+            assert all(t.is_pinned() for st in m.pager.units if st.host is not None
+                       for t in st.host.tensors)
+
+
+def test_cuda_embedding_rows(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    vocab = 2048
+    cfg = transformers.LlamaConfig(
+        num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=False,
+        max_position_embeddings=64)
+    torch.manual_seed(0)
+    ref = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    bigstore.save(unique_state_dict(ref), tmp_path / "m")
+    ref = ref.cuda()
+    ids = torch.randint(0, vocab, (1, 5), device="cuda")
+    with torch.no_grad():
+        want = ref.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    with skeleton():
+        sk = transformers.AutoModelForCausalLM.from_config(cfg)
+    with offload(sk, tmp_path / "m", device="cuda", budget=vocab * 32 * 4 + 8192,
+                 host_budget=0) as m, torch.no_grad():
+        assert torch.equal(m.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0),
+                           want)
+        assert m.last_pass.storage < vocab * 32 * 4  # a decode step read one row, not the table
