@@ -120,7 +120,7 @@ class MappedPrefetcher(Producer):
                 if len(new):
                     advised[new] = 1
                     for m in self.maps:  # the disk works on these while we gather
-                        m.advise(new)
+                        m.prefetch(new)
                 pending.append(got)
                 queued += got[1].shape[0]
             if not pending or self.stopping.is_set():

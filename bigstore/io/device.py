@@ -248,7 +248,7 @@ class CpuFiller(Filler):
         for i, r in enumerate(requests):
             if mappable(store, r.layout):
                 m = MappedArray(store, r.layout, verified=self._record(r.layout))
-                m.advise()  # the disk gets the whole request in flight
+                m.prefetch()  # the disk gets the whole request in flight
                 out[i] = m
         return out
 

@@ -9,13 +9,19 @@ offset (``chunk_base``).
 
 A :class:`MappedArray` also keeps the one record of which chunks were checked against their
 crc32c in this process: checking a chunk is what reads it from disk (the crc pass faults the
-pages in), and a chunk whose pages stay cached need not be checked again.
+pages in), and a chunk whose pages stay cached need not be checked again. Fresh mappings of the
+same files (each ``load``) share a process-wide record keyed by each file's identity (path,
+inode, mtime, size): a chunk checked before is taken as checked again only while every one of
+its pages is still in the page cache (``mincore``) - bytes that left the cache come back from
+disk and are checked anew.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -127,6 +133,31 @@ def mappable(store: Store, layout: ArrayLayout) -> bool:
     return store.local_file(layout.chunk_key(0)) is not None
 
 
+class _Checked:
+    """This process's record of checked chunks per file identity (bounded, least recent out)."""
+
+    limit = 1 << 16
+
+    def __init__(self) -> None:
+        self._sets: OrderedDict[tuple[str, int, int, int], set[int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def has(self, ident: tuple[str, int, int, int], j: int) -> bool:
+        with self._lock:
+            got = self._sets.get(ident)
+            return got is not None and j in got
+
+    def add(self, ident: tuple[str, int, int, int], j: int) -> None:
+        with self._lock:
+            self._sets.setdefault(ident, set()).add(j)
+            self._sets.move_to_end(ident)
+            while len(self._sets) > self.limit:
+                self._sets.popitem(last=False)
+
+
+_CHECKED = _Checked()
+
+
 class MappedArray:
     """One uncompressed array mapped into one region, and the record of its checked chunks."""
 
@@ -153,12 +184,16 @@ class MappedArray:
             stride = layout.chunk_nbytes
             self.chunk_base = np.arange(n, dtype=np.int64) * stride
         objects = []
+        self._files: list[tuple[str, int]] = []
+        self._idents: list[tuple[str, int, int, int]] = []
         for i, (key, length, want) in enumerate(zip(keys, lengths, need)):
             loc = store.local_file(key)
             assert loc is not None, "mappable() was not checked"
             path, off = loc
             try:
-                have = Path(path).stat().st_size - off
+                st = Path(path).stat()
+                have = st.st_size - off
+                self._idents.append((path, st.st_ino, st.st_mtime_ns, st.st_size + off))
             except FileNotFoundError:
                 first = i * layout.chunks_per_shard if layout.sharded else i
                 raise CorruptChunkError(
@@ -170,10 +205,12 @@ class MappedArray:
                     f"{layout.where(first, store.url)}: {have} bytes stored, expected {want}"
                 )
             objects.append((path, off, length))
+            self._files.append((path, off))
         self.region = map_objects(objects, stride)
         self.flat: np.ndarray[Any, Any] = (
             np.asarray(self.region) if self.region.length else np.empty(0, np.uint8)
         )
+        self._shared = verified is None  # the process-wide record (checked by file identity)
         self.verified = verified if verified is not None else np.zeros(max(1, n), np.uint8)
 
     def where(self, k: int) -> str:
@@ -183,15 +220,32 @@ class MappedArray:
         """The array's bytes (tensors: contiguous, exactly ``nbytes``)."""
         return self.flat[: self.layout.nbytes] if not self.layout.sharded else self.flat
 
-    def advise(self, chunks: Sequence[int] | np.ndarray[Any, Any] | None = None,
-               advice: int = posix.MADV_WILLNEED) -> None:
-        """Advice on some chunks (all when None): WILLNEED starts reading them now."""
-        if chunks is None:
-            self.region.advise(advice)
-            return
-        n = self.layout.stored_chunk_nbytes
-        for b in self.chunk_base[np.asarray(chunks, np.int64)].tolist():
-            self.region.advise(advice, b, b + n)
+    def prefetch(self, chunks: Sequence[int] | np.ndarray[Any, Any] | None = None) -> None:
+        """Start reading some chunks (all when None) into the page cache now, asynchronously.
+
+        Through the files (``posix_fadvise(WILLNEED)``), not the mapping: the kernel's forced
+        readahead of a mapping (``madvise``) fills the cache with single pages, which a mapping
+        then reads at half the speed of the large folios ordinary readahead makes (measured
+        here: 6.7 vs 10-12 GB/s warm).
+        """
+        lay = self.layout
+        ks = range(lay.n_chunks) if chunks is None else np.asarray(chunks, np.int64).tolist()
+        spans: dict[int, list[int]] = {}
+        for k in ks:
+            i = k // lay.chunks_per_shard if lay.sharded else k
+            spans.setdefault(i, []).append(int(k))
+        for i, members in spans.items():
+            path, off = self._files[i]
+            lo = min(lay.raw_chunk_offset(k) for k in members)
+            hi = max(lay.raw_chunk_offset(k) for k in members) + lay.stored_chunk_nbytes
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # gone meanwhile: the check that reads it will say so
+            try:
+                os.posix_fadvise(fd, off + lo, hi - lo, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
 
     def verify(self, chunks: Sequence[int] | np.ndarray[Any, Any] | None = None, *,
                again: bool = False) -> int:
@@ -201,6 +255,8 @@ class MappedArray:
         flight. Returns the bytes checked."""
         ks = range(self.layout.n_chunks) if chunks is None else np.asarray(chunks).tolist()
         todo = [int(k) for k in ks if again or not self.verified[k]]
+        if self._shared and not again:  # checked by an earlier mapping, and still cached
+            todo = [k for k in todo if not self._still_checked(k)]
         if not todo:
             return 0
         if len(todo) == 1:
@@ -227,6 +283,25 @@ class MappedArray:
                     raise CorruptChunkError(f"{self.where(k)}: chunk is missing") from None
             check_crc([data], crc, self.where(k))
         self.verified[k] = 1
+        if self._shared:
+            _CHECKED.add(*self._ident_of(k))
+
+    def _ident_of(self, k: int) -> tuple[tuple[str, int, int, int], int]:
+        if self.layout.sharded:
+            s, j = divmod(k, self.layout.chunks_per_shard)
+            return self._idents[s], j
+        return self._idents[k], 0
+
+    def _still_checked(self, k: int) -> bool:
+        if not _CHECKED.has(*self._ident_of(k)):
+            return False
+        b = int(self.chunk_base[k])
+        pages = posix.mincore((self.region.addr + b) // PAGE * PAGE,
+                              (self.region.addr + b) % PAGE + self.layout.chunk_nbytes)
+        if bool((np.frombuffer(pages, np.uint8) & 1).all()):
+            self.verified[k] = 1
+            return True
+        return False
 
     def forget(self) -> None:
         """Forget which chunks were checked (their pages were dropped from the cache)."""

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import posix
 from ..config import ReadConfig
 from ..errors import (
     BigstoreError,
@@ -145,10 +144,10 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         return {n: out[n] for n in names}
 
     def _load_mapped(self, metas: list[ArrayLayout], progress: Any) -> dict[str, torch.Tensor]:
-        arrays = {m.name: MappedArray(self.store, m) for m in metas}
+        arrays = {m.name: MappedArray(self.store, m, populate=True) for m in metas}
         if self.config.verify:
             for a in arrays.values():
-                a.advise(advice=posix.MADV_WILLNEED)  # start reading everything before checking
+                a.prefetch()  # start reading everything before checking any of it
             jobs = [(a, k) for a in arrays.values() for k in range(a.layout.n_chunks)]
 
             def check(job: tuple[MappedArray, int]) -> int:
