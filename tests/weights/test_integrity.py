@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,27 @@ def test_bad_input_midway_keeps_the_old_store(store_url: tuple[str, Any]) -> Non
     # and a good overwrite replaces it whole
     bigstore.save({"c": torch.ones(1)}, url, storage_options=opts)
     assert list(bigstore.load(url, storage_options=opts)) == ["c"]
+
+
+def test_a_chunk_back_from_disk_is_checked_again(tmp_path: Path) -> None:
+    """Loads skip re-checking a chunk checked earlier in this process only while its pages
+    stayed cached: bytes that come back from disk are checked again, even when a corruption
+    kept the file's size and modification time."""
+    url, w = make(tmp_path)
+    assert torch.equal(bigstore.load(url)["w"], w)  # checked once, now cached
+    assert torch.equal(bigstore.load(url)["w"], w)  # trusted: still cached
+    p = url / "w" / "c" / "5" / "0"
+    st = p.stat()
+    with open(p, "r+b") as f:  # a silent corruption in place, behind the page cache's back
+        f.seek(10)
+        b = f.read(1)
+        f.seek(10)
+        f.write(bytes([b[0] ^ 0x40]))
+        f.flush()
+        os.fsync(f.fileno())
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    fd = os.open(p, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    with pytest.raises(ChecksumError, match=r"'w' chunk 5"):
+        bigstore.load(url)
