@@ -6,8 +6,6 @@ Weights: ``save``, ``load``, ``load_numpy``, ``open``, ``convert``, ``verify``, 
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .config import (
     DatasetWriteConfig,
     LoaderConfig,
@@ -19,6 +17,7 @@ from .config import (
 from .data import Dataset, Loader, open_dataset, write_dataset
 from .errors import BigstoreError
 from .verify import verify
+from .version import __version__
 from .weights import TensorHandle, TensorStore, TensorWriter, load, load_numpy, open, save
 from .weights.convert import convert
 from .weights.offload import OffloadedModel, offload, skeleton, unique_state_dict

@@ -200,8 +200,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
     from .bench.cli import add_bench_parser
+    from .version import __version__
 
     ap = _Parser(prog="bigstore", description=__doc__)
     ap.add_argument("--version", action="version", version=f"bigstore {__version__}")

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import DTypeError
 
-__all__ = ["DTypeSpec", "dtype_spec", "NATIVE_DTYPES", "RAW_BIT_DTYPES"]
+__all__ = ["DTypeSpec", "dtype_spec", "NATIVE_DTYPES", "RAW_BIT_DTYPES", "SAFETENSORS_DTYPES"]
 
 NATIVE_DTYPES = (
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -31,6 +31,14 @@ RAW_BIT_DTYPES = {
     "float8_e5m2fnuz": "uint8",
     "float8_e8m0fnu": "uint8",
     "complex32": "uint32",
+}
+#: logical dtype -> its name in a safetensors header (those safetensors can hold)
+SAFETENSORS_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+    "uint16": "U16", "uint32": "U32", "uint64": "U64", "complex64": "C64",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ",
 }
 _ALIASES = {"chalf": "complex32", "half": "float16", "float": "float32", "double": "float64",
             "cfloat": "complex64", "cdouble": "complex128", "long": "int64", "int": "int32",

@@ -34,7 +34,7 @@ class RootDoc:
 
 
 def encode_root(kind: str, attrs: dict[str, Any], arrays: dict[str, dict[str, Any]]) -> bytes:
-    from .. import __version__
+    from ..version import __version__
 
     doc = {
         "zarr_format": 3,

@@ -12,12 +12,10 @@ from ._cache import CachedStore, default_cache_dir
 from ._fsspec import FsspecStore
 from ._local import LocalStore
 from ._memory import MemoryStore
-from ._safetensors import SafetensorsStore, is_safetensors_source
 
 __all__ = [
-    "Buffer", "ByteRange", "CachedStore", "FsspecStore", "LocalStore", "MemoryStore",
-    "SafetensorsStore", "Store", "check_key", "default_cache_dir", "is_local_url",
-    "is_safetensors_source", "join_key", "local_path", "open_store",
+    "Buffer", "ByteRange", "CachedStore", "FsspecStore", "LocalStore", "MemoryStore", "Store",
+    "check_key", "default_cache_dir", "is_local_url", "join_key", "local_path", "open_store",
 ]
 
 # Install hints for fsspec protocols whose backend lives in another package.
@@ -40,17 +38,13 @@ def open_store(
     url: str | os.PathLike[str] | Store,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Store:
-    """A Store for ``url``: a local path (default), ``memory://``, or any fsspec URL. A local
-    ``.safetensors`` file or Hugging Face model directory opens as a read-only
-    :class:`SafetensorsStore` (no conversion step)."""
+    """A Store for ``url``: a local path (default), ``memory://``, or any fsspec URL."""
     if isinstance(url, Store):
         return url
     s = os.fspath(url)
     if not s:
         raise InvalidURLError("empty store URL")
     if is_local_url(s):
-        if is_safetensors_source(local_path(s)):
-            return SafetensorsStore(local_path(s))
         return LocalStore(local_path(s), **dict(storage_options or {}))
     protocol = s.split("://", 1)[0]
     if protocol == "memory" and not storage_options:

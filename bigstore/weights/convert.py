@@ -23,7 +23,7 @@ import torch
 from ..config import WriteConfig, parse_bytes
 from ..errors import BigstoreError, DTypeError, StoreNotFoundError, UnsupportedSourceError
 from ..format import ArrayLayout
-from ..format.dtypes import dtype_spec
+from ..format.dtypes import SAFETENSORS_DTYPES, dtype_spec
 from ..progress import progress_bar
 from ..store import is_local_url, local_path
 from ._arrays import from_storage_array, to_storage_array
@@ -32,13 +32,7 @@ from .writer import save
 
 __all__ = ["convert", "iter_source", "export_safetensors", "write_file"]
 
-_ST_DTYPES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
-    "uint16": "U16", "uint32": "U32", "uint64": "U64", "complex64": "C64",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-    "float8_e4m3fnuz": "F8_E4M3FNUZ", "float8_e5m2fnuz": "F8_E5M2FNUZ",
-}
+_ST_DTYPES = SAFETENSORS_DTYPES
 
 
 def _source_kind(src: str) -> str:

@@ -39,9 +39,10 @@ from torch.overrides import TorchFunctionMode
 
 from ..config import HOST_FRACTION, OffloadConfig, ReadConfig, available_memory, parse_bytes
 from ..errors import BigstoreError, BudgetError, DTypeError, MissingTensorError, ShapeError
+from ..format.safetensors import open_weights
 from ..io import Filler, make_filler
 from ..plan.schedule import plan_layout
-from ..store import CachedStore, Store, open_store
+from ..store import CachedStore, Store
 from ._pager import Pager, PagerStats, PassBytes
 from ._units import (
     Unit,
@@ -320,7 +321,7 @@ def offload(
         cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
         cache_bytes=parse_bytes(cache_bytes),
     )
-    store = open_store(url, storage_options)
+    store = open_weights(url, storage_options)
     if config.cache_dir is not None and store.is_remote:
         store = CachedStore(store, config.cache_dir, config.cache_bytes)
     ts = TensorStore.open(store, config=read_config)

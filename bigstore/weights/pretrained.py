@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ..errors import MissingDependencyError, NotAStoreError, StoreNotFoundError
-from ..store import Store, open_store
+from ..format.safetensors import open_weights
+from ..store import Store
 from .offload import OffloadedModel, offload, skeleton
 
 __all__ = ["HF_FILES", "from_pretrained"]
@@ -52,7 +53,7 @@ def from_pretrained(
             "from_pretrained builds the model with transformers, which is not installed: "
             "pip install 'bigstore[hf]'"
         ) from None
-    store = open_store(path_or_url, storage_options)
+    store = open_weights(path_or_url, storage_options)
     try:
         raw = bytes(memoryview(store.get("config.json")).cast("B"))
     except StoreNotFoundError:

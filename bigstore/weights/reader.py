@@ -17,6 +17,7 @@ from ..errors import (
     StoreNotFoundError,
 )
 from ..format import ROOT_KEY, ArrayLayout, read_root
+from ..format.safetensors import open_weights
 from ..io import (
     ChunkReader,
     MappedArray,
@@ -28,7 +29,7 @@ from ..io import (
 )
 from ..plan.index import Rows, select_rows
 from ..progress import progress_bar
-from ..store import Store, open_store
+from ..store import Store
 from ._arrays import from_storage_array
 
 __all__ = ["TensorHandle", "TensorStore", "load", "load_numpy", "open"]
@@ -56,7 +57,7 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         storage_options: Mapping[str, Any] | None = None,
         config: ReadConfig | None = None,
     ) -> TensorStore:
-        store = open_store(url, storage_options)
+        store = open_weights(url, storage_options)
         try:
             version = store.version(ROOT_KEY)
         except StoreNotFoundError:

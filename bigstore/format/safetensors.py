@@ -17,21 +17,32 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import NotAStoreError, StoreNotFoundError, TruncatedChunkError
-from ._base import Buffer, ByteRange, Store, check_key
+from ..store import Buffer, ByteRange, Store, check_key, is_local_url, local_path, open_store
+from .array import ArrayLayout
+from .codecs import ChunkCodec
+from .dtypes import SAFETENSORS_DTYPES, dtype_spec
+from .root import encode_root
 
-__all__ = ["SafetensorsStore", "is_safetensors_source"]
+__all__ = ["SafetensorsStore", "is_safetensors_source", "open_weights"]
 
 # safetensors dtype -> bigstore logical dtype
-_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
-    "U16": "uint16", "U32": "uint32", "U64": "uint64", "C64": "complex64",
-    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-    "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz",
-}
+_DTYPES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def open_weights(url: str | os.PathLike[str] | Store,
+                 storage_options: Any = None) -> Store:
+    """The store of tensors at ``url``: a bigstore store, or a local safetensors file or model
+    directory seen as one (read-only)."""
+    if isinstance(url, Store):
+        return url
+    s = os.fspath(url)
+    if is_local_url(s) and is_safetensors_source(local_path(s)):
+        return SafetensorsStore(local_path(s))
+    return open_store(s, storage_options)
 
 
 def is_safetensors_source(path: str | os.PathLike[str]) -> bool:
@@ -93,9 +104,6 @@ class SafetensorsStore(Store):
         return sorted(root.glob("*.safetensors"))
 
     def _documents(self) -> dict[str, bytes]:
-        from ..format import ArrayLayout, ChunkCodec, dtype_spec
-        from ..format.root import encode_root
-
         arrays: dict[str, dict[str, object]] = {}
         docs: dict[str, bytes] = {}
         for name, t in self._tensors.items():
@@ -252,8 +260,6 @@ def _parse(path: Path) -> dict[str, _Tensor]:
         raise NotAStoreError(f"{path}: not a safetensors header")
     base = 8 + n
     out: dict[str, _Tensor] = {}
-    from ..format import dtype_spec
-
     for name, info in header.items():
         if name == "__metadata__":
             continue
