@@ -171,11 +171,17 @@ class Filler(ABC):
         a host copy still holds the unit)."""
         tensors.clear()
 
-    def fill_rows(self, layout: ArrayLayout, rows: np.ndarray[Any, Any]) -> torch.Tensor:
+    def fill_rows(self, layout: ArrayLayout, rows: np.ndarray[Any, Any],
+                  host: HostCopy | None = None) -> torch.Tensor:
         """Rows ``rows`` (sorted, distinct) of ``layout`` as a compact uint8 tensor on the
-        device, synchronously: only the chunks holding them are read (and checked)."""
-        host = self._rows_on_host(layout, rows)
-        return host if self.device.type == "cpu" else host.to(self.device)
+        device, synchronously: from the unit's host copy when it has one, else reading only
+        the chunks that hold them (checked)."""
+        if host is not None:  # a one-weight unit: its bytes start the host copy
+            table = host.tensors[0][: layout.nbytes].view(layout.rows, layout.row_bytes)
+            picked = table.index_select(0, torch.from_numpy(np.asarray(rows, np.int64)))
+        else:
+            picked = self._rows_on_host(layout, rows)
+        return picked if self.device.type == "cpu" else picked.to(self.device)
 
     def _rows_on_host(self, layout: ArrayLayout, rows: np.ndarray[Any, Any]) -> torch.Tensor:
         rb = layout.row_bytes

@@ -168,13 +168,8 @@ class Pager:
         if self.schedule.provisional:
             self.tiers = Tiers(frozenset(), frozenset())
         else:
-            # units read row by row take no host memory: their rows are few and change
-            sizes = {u: n for u, n in self.sizes.items() if u not in self.rows_units}
-            tiers = plan_tiers(self.schedule, sizes, self.budget - self.fixed_bytes,
-                               self.host_budget, self.prefetch)
-            device = plan_tiers(self.schedule, self.sizes, self.budget - self.fixed_bytes, 0,
-                                self.prefetch).device
-            self.tiers = Tiers(device, tiers.host - device)
+            self.tiers = plan_tiers(self.schedule, self.sizes, self.budget - self.fixed_bytes,
+                                    self.host_budget, self.prefetch)
         for st in self.units:
             if st.host is not None and st.unit.index not in self.tiers.host:
                 self._free_host(st)
@@ -231,10 +226,13 @@ class Pager:
         st = self.units[u]
         (req,) = st.requests
         n = len(rows) * req.layout.row_bytes
-        if (st.loaded or st.future is not None or st.host is not None or st.pins
+        if (st.loaded or st.future is not None or st.pins
                 or u in self.tiers.device or n * ROWS_WORTH > st.nbytes
-                or sum(self.sizes.values()) <= self.budget - self.fixed_bytes):
-            return False  # the whole unit is here, or cheap, or everything fits the budget
+                or sum(self.sizes.values()) <= self.budget - self.fixed_bytes
+                or (st.host is None and self._keeps_host(st))):
+            # the whole unit is here, or cheap, or everything fits the budget; or it should
+            # be read whole once into the host tier, where later lookups take their rows
+            return False
         self.busy = True
         try:
             self._recording.append(u)
@@ -246,7 +244,7 @@ class Pager:
             assert self.stats.resident_bytes <= self.budget, "pager accounting exceeded the budget"
             st.rows_bytes = n
             try:
-                t = self.filler.fill_rows(req.layout, rows)
+                t = self.filler.fill_rows(req.layout, rows, st.host)
             except BaseException:
                 self.stats.resident_bytes -= n
                 st.rows_bytes = 0
@@ -255,7 +253,10 @@ class Pager:
             (p,) = st.params
             p.data = t.view(w.dtype).view(len(rows), *w.shape[1:])
             st.pins += 1
-            self.stats.this_pass.storage += n
+            if st.host is not None:
+                self.stats.this_pass.host += n
+            else:
+                self.stats.this_pass.storage += n
             self._prefetch()
         finally:
             self.busy = False
