@@ -113,6 +113,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     summary = convert(
         args.src, args.dst, codec=args.codec, chunk_bytes=args.chunk_bytes,
         storage_options=_storage_options(args), progress=not args.json and not args.quiet,
+        quantize=args.quantize,
     )
     _emit(args, summary,
           [f"converted {summary['tensors']} tensors ({_human(summary['nbytes'])}) "
@@ -183,8 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("convert", "checkpoint -> store, or store -> .safetensors")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--codec", default=None, help="None, zstd, zstd:LEVEL, gzip, gzip:LEVEL")
+    p.add_argument("--codec", default=None,
+                   help="None, lossless, lossless:LEVEL, zstd, zstd:LEVEL, gzip, gzip:LEVEL")
     p.add_argument("--chunk-bytes", default="64MiB")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="store linear weights group-wise quantized (default policy, group 64)")
     p.set_defaults(func=cmd_convert)
     p = add("verify", "re-check every chunk's checksum; exit 1 when any is damaged")
     p.add_argument("url")

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import posix
 from ..errors import CorruptChunkError, StoreNotFoundError, TruncatedChunkError
-from ..format import ArrayLayout
+from ..format import ArrayLayout, QuantizedLayout
 from ..format.codecs import CRC_BYTES, check_crc
 from ..store import Store
 from .executor import get_executor
@@ -117,7 +117,10 @@ def map_objects(objects: Sequence[tuple[str, int, int]], stride: int) -> MappedR
 
 def mappable(store: Store, layout: ArrayLayout) -> bool:
     """True when ``layout``'s chunks can be mapped: uncompressed, on a local file system, and
-    (for tensors of several chunks) every chunk a whole number of pages."""
+    (for tensors of several chunks) every chunk a whole number of pages. Quantized tensors are
+    not (their values are computed from their parts at read time)."""
+    if isinstance(layout, QuantizedLayout):
+        return False
     if not (posix.available() and layout.codec.raw and layout.n_chunks and layout.row_bytes):
         return False
     if not layout.sharded and layout.n_chunks > 1 and layout.chunk_nbytes % PAGE:
