@@ -5,11 +5,12 @@ Model: GPT-2-medium's shape (24 blocks, d=1024, vocab 50257), random weights fro
 transformers config, bfloat16. For each store:
 
 - offloaded generation on the CPU with a budget of 25% of the model (bf16 bytes): tokens/s of
-  ``generate`` (greedy, a few new tokens), cold (the store's files dropped from the page cache
-  with ``posix_fadvise(DONTNEED)`` before the run, and each unit's pages dropped again once read,
-  so every pass reads the disk) and warm (everything in the page cache); bytes per pass (read
-  from the disk, cold; delivered into the budget, logical); ratio to the raw bf16 store;
-  accelerate with the same budget on the bf16 checkpoint (its disk offload);
+  ``generate`` (greedy, a few new tokens), cold (the files a contender reads are dropped from
+  the page cache with ``posix_fadvise(DONTNEED)`` before every forward pass, so every pass reads
+  the disk) and warm (everything in the page cache); bytes per pass (read from the disk, cold;
+  delivered into the budget, logical); ratio to the raw bf16 store; accelerate with the same
+  budget on the bf16 checkpoint (its disk offload). All contenders run round-robin, best of N,
+  so a noisy neighbour slows them alike;
 - ``bigstore.load`` of the whole store, cold and warm, against the plain read of the raw bf16
   store's bytes (one buffered sequential pass);
 - the decode-only time of each codec (chunks already in RAM, the reader's pool), so a cell bound
@@ -148,46 +149,70 @@ def load_seconds(url: pathlib.Path, cold: bool, repeat: int) -> float:
 
 
 # -- offloaded generation -------------------------------------------------------------------------
-def offload_cell(cfg: Any, url: pathlib.Path, budget: int, ids: torch.Tensor, new: int,
-                 cold: bool, repeat: int, expect: torch.Tensor) -> dict[str, Any]:
+def _fadvise_dontneed(files: list[pathlib.Path]) -> None:
+    """Drop the files' clean pages (no sync: nothing is being written while generating)."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def generation_cells(cfg: Any, urls: dict[str, pathlib.Path], budget: int, ids: torch.Tensor,
+                     gkw: dict[str, Any], cold: bool, repeat: int,
+                     expect: dict[str, torch.Tensor], others: dict[str, tuple[Any, list[Any]]]
+                     ) -> dict[str, dict[str, Any]]:
+    """Best-of-``repeat`` ``generate`` of every store offloaded, and of ``others`` (name ->
+    (model, files it reads)), interleaved round by round so that a noisy neighbour slows all
+    of them alike. Cold: the files each contender reads are dropped from the page cache before
+    every forward pass (a pre-hook), so every pass of every contender reads the disk."""
     import transformers
 
     from bigstore.weights.offload import offload, skeleton
 
-    with skeleton():
-        sk = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16).eval()
-    gen = {"max_new_tokens": new, "do_sample": False, "pad_token_id": 0}
-    best: dict[str, Any] = {}
-    with offload(sk, url, device="cpu", budget=budget, prefetch=2, drop_cache=cold) as m, \
-            torch.no_grad():
-        out = m.generate(ids, **gen)  # records the execution order (warm: fills the cache)
-        if not torch.equal(out, expect):
-            raise AssertionError(f"{url.name}: offloaded tokens differ from the resident model's")
-        for _ in range(repeat):
+    new = gkw["max_new_tokens"]
+    with contextlib.ExitStack() as stack, torch.no_grad():
+        runs: dict[str, tuple[Any, Any, list[Any]]] = {}  # name -> (callable, offloaded, files)
+        for s, url in urls.items():
+            with skeleton():
+                sk = transformers.AutoModelForCausalLM.from_config(
+                    cfg, torch_dtype=torch.bfloat16).eval()
+            m = stack.enter_context(offload(sk, url, device="cpu", budget=budget, prefetch=2,
+                                            drop_cache=cold))
+            if not torch.equal(m.generate(ids, **gkw), expect[s]):  # also records the order
+                raise AssertionError(f"{s}: offloaded tokens differ from the resident model's")
+            runs[s] = (m, m, store_files(url))
             if cold:
-                drop_page_cache(store_files(url))
-            p0, b0, d0 = m.stats.passes, m.bytes_read, _io_read_bytes()
-            t0 = time.perf_counter()
-            out = m.generate(ids, **gen)
-            dt = time.perf_counter() - t0
-            passes = max(1, m.stats.passes - p0)
-            cell = {"s": dt, "tok_s": new / dt, "passes": passes, "s_per_pass": dt / passes,
-                    "logical_mb_per_pass": (m.bytes_read - b0) / passes / MB,
-                    "disk_mb_per_pass": (_io_read_bytes() - d0) / passes / MB}
-            if not best or dt < best["s"]:
-                best = cell
-        assert torch.equal(out, expect)
+                files = store_files(url)
+                h = sk.register_forward_pre_hook(lambda *_a, f=files: _fadvise_dontneed(f))
+                stack.callback(h.remove)
+        for name, (model, files) in others.items():
+            model.generate(ids, **gkw)
+            runs[name] = (model, None, files)
+            if cold and files:
+                h = model.register_forward_pre_hook(lambda *_a, f=files: _fadvise_dontneed(f))
+                stack.callback(h.remove)
+        best: dict[str, dict[str, Any]] = {}
+        for _ in range(repeat):
+            for name, (model, off, files) in runs.items():
+                if cold:
+                    drop_page_cache(files)
+                p0 = off.stats.passes if off is not None else 0
+                b0 = off.bytes_read if off is not None else 0
+                d0 = _io_read_bytes()
+                t0 = time.perf_counter()
+                out = model.generate(ids, **gkw)
+                dt = time.perf_counter() - t0
+                passes = max(1, off.stats.passes - p0) if off is not None else new
+                cell = {"s": dt, "tok_s": new / dt, "passes": passes, "s_per_pass": dt / passes,
+                        "disk_mb_per_pass": (_io_read_bytes() - d0) / passes / MB}
+                if off is not None:
+                    cell["logical_mb_per_pass"] = (off.bytes_read - b0) / passes / MB
+                    assert torch.equal(out, expect[name])
+                if name not in best or dt < best[name]["s"]:
+                    best[name] = cell
     return best
-
-
-def accelerate_cell(model: Any, folder: pathlib.Path, ids: torch.Tensor, new: int, cold: bool,
-                    repeat: int) -> dict[str, Any]:
-    gen = {"max_new_tokens": new, "do_sample": False, "pad_token_id": 0}
-    with torch.no_grad():
-        model.generate(ids, **gen)
-        t, _ = _best(lambda: model.generate(ids, **gen), repeat,
-                     (lambda: drop_page_cache(store_files(folder))) if cold else None)
-    return {"s": t, "tok_s": new / t}
 
 
 def accelerate_model(cfg: Any, ckpt: pathlib.Path, folder: pathlib.Path, budget: int) -> Any:
@@ -214,13 +239,6 @@ def write_store(kind: str, weights: dict[str, torch.Tensor], url: pathlib.Path) 
         bigstore.quantize(weights, url, kind, overwrite=True)
     else:
         bigstore.save(weights, url, codec=None if kind == "raw" else kind, overwrite=True)
-
-
-def generate_seconds(model: Any, ids: torch.Tensor, gkw: dict[str, Any], repeat: int) -> float:
-    with torch.no_grad():
-        model.generate(ids, **gkw)
-        t, _ = _best(lambda: model.generate(ids, **gkw), repeat)
-    return t
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -264,9 +282,6 @@ def main() -> None:
     ids = torch.randint(0, cfg.vocab_size, (1, args.prompt), generator=gen)
     new = args.new_tokens
     gkw = {"max_new_tokens": new, "do_sample": False, "pad_token_id": 0}
-    compute_s = generate_seconds(model, ids, gkw, args.repeat)  # the resident bf16 model
-    del model
-    gc.collect()
     expect = {}
     for s, url in urls.items():  # the tokens each store's resident model generates
         m = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16).eval()
@@ -287,8 +302,8 @@ def main() -> None:
     print(f"model {model_bytes / 1e9:.3f} GB bf16 ({cfg.n_layer} blocks, d={cfg.n_embd}), "
           f"budget {budget / 1e6:.0f} MB ({args.budget_frac:.0%}); disk {disk_bw / 1e9:.2f} GB/s "
           f"(O_DIRECT, {readers} reader(s)); plain read of the raw store {plain_cold:.3f} s cold, "
-          f"{plain_warm:.3f} s warm; resident generate {new / compute_s:.2f} tok/s; "
-          f"{torch.get_num_threads()} torch threads, {get_executor().threads} I/O threads")
+          f"{plain_warm:.3f} s warm; {torch.get_num_threads()} torch threads, "
+          f"{get_executor().threads} I/O threads", flush=True)
 
     acc_model = None
     folder = work / "acc-offload"
@@ -303,6 +318,17 @@ def main() -> None:
             acc["error"] = f"{type(e).__name__}: {e}"
             acc_model = None
 
+    others: dict[str, tuple[Any, list[Any]]] = {"resident": (model, [])}
+    if acc_model is not None:
+        others["accelerate"] = (acc_model, store_files(folder))
+    cells = {cache: generation_cells(cfg, urls, budget, ids, gkw, cache == "cold", args.repeat,
+                                     expect, others) for cache in ("cold", "warm")}
+    del model, acc_model
+    gc.collect()
+    compute_s = min(cells["cold"]["resident"]["s"], cells["warm"]["resident"]["s"])
+    for cache in ("cold", "warm"):
+        if "accelerate" in cells[cache]:
+            acc[cache] = cells[cache]["accelerate"]
     rows: list[dict[str, Any]] = []
     for s, url in urls.items():
         dec_s, dec_bytes = decode_seconds(url, args.repeat)
@@ -316,18 +342,13 @@ def main() -> None:
         row["load_cold_vs_plain_read"] = plain_cold / row["load_cold_s"]
         row["load_warm_vs_plain_read"] = plain_warm / row["load_warm_s"]
         for cache in ("cold", "warm"):
-            c = offload_cell(cfg, url, budget, ids, new, cache == "cold", args.repeat, expect[s])
+            c = cells[cache][s]
             if dec_s:  # the decode share of a pass: decode-only seconds for the bytes it moves
                 c["decode_s_per_pass"] = dec_s * c["logical_mb_per_pass"] * MB / dec_bytes
             c["io_s_per_pass"] = c["disk_mb_per_pass"] * MB / disk_bw
             c["compute_s_per_pass"] = compute_s / new
             row[cache] = c
         rows.append(row)
-        print(f"  {s}: done", flush=True)
-    if acc_model is not None:
-        for cache in ("cold", "warm"):
-            acc[cache] = accelerate_cell(acc_model, folder, ids, new, cache == "cold",
-                                         args.repeat)
     raw = rows[0]
     for row in rows:
         for cache in ("cold", "warm"):

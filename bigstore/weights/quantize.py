@@ -175,8 +175,10 @@ def _as_float32(name: str, x: Any, dtype: str | None) -> tuple[np.ndarray[Any, A
     return np.array(a, np.float32, order="C", copy=None), logical  # keeps 0-d arrays 0-d
 
 
-def quantize_tensor(name: str, x: Any, *, scheme: str = "int8", group_size: int = 64,
-                    scale_dtype: str = "float16", dtype: str | None = None) -> QuantizedTensor:
+def quantize_tensor(name: str, x: Any, *, scheme: str = QuantizeConfig.scheme,
+                    group_size: int = QuantizeConfig.group_size,
+                    scale_dtype: str = QuantizeConfig.scale_dtype,
+                    dtype: str | None = None) -> QuantizedTensor:
     """One float tensor (numpy, torch, or bfloat16 as uint16 bits with ``dtype="bfloat16"``)
     -> its stored parts. Deterministic; the numba kernels (or their numpy twins) do the work."""
     x32, logical = _as_float32(name, x, dtype)
