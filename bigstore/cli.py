@@ -136,6 +136,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     summary = convert(
         args.src, args.dst, codec=codec, chunk_bytes=chunk_bytes,
         storage_options=args.opts, progress=not args.json and not args.quiet,
+        quantize=args.quantize,
     )
     _emit(args, summary,
           [f"converted {summary['tensors']} tensors ({_human(summary['nbytes'])}) "
@@ -222,8 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--codec", default=None,
-                   help="none (default), zstd, zstd:LEVEL (1-22), gzip, gzip:LEVEL (0-9)")
+                   help="none (default), lossless, lossless:LEVEL (1-9), zstd, zstd:LEVEL (1-22), "
+                   "gzip, gzip:LEVEL (0-9)")
     p.add_argument("--chunk-bytes", default="64MiB")
+    p.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                   help="store linear weights group-wise quantized (default policy, group 64)")
     p.set_defaults(func=cmd_convert)
     p = add("verify", "re-check every chunk's checksum; exit 1 when any is damaged")
     p.add_argument("url")

@@ -8,12 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BigstoreError
+from .errors import BigstoreError, UnsupportedCodecError
 
 __all__ = [
     "DATASET_CACHE_BYTES", "DATASET_MAX_CATEGORIES", "HOST_FRACTION", "DatasetWriteConfig", "GiB",
-    "KiB", "LoaderConfig", "MiB", "OffloadConfig", "PrefetchConfig", "QuantizeConfig",
-    "ReadConfig", "WriteConfig", "available_memory", "default_io_threads", "parse_bytes",
+    "KiB", "LoaderConfig", "LosslessConfig", "MiB", "OffloadConfig", "PrefetchConfig",
+    "QuantizeConfig", "ReadConfig", "WriteConfig", "available_memory", "default_io_threads",
+    "parse_bytes",
 ]
 
 KiB = 1 << 10
@@ -54,17 +55,21 @@ class WriteConfig:
     """How tensors are laid out when written, and how a write commits.
 
     chunk_bytes: target bytes per chunk; tensors are chunked along their first axis only.
-    codec: None (raw bytes, memory-mappable), "zstd", "zstd:LEVEL", "gzip" or "gzip:LEVEL".
+    codec: None (raw bytes, memory-mappable), "lossless" or "lossless:LEVEL" (the Blosc chain
+        of :class:`LosslessConfig`, chosen per chunk), "zstd", "zstd:LEVEL", "gzip" or
+        "gzip:LEVEL".
     durable: fsync every file and directory before the commit (local stores), so a power loss
         never leaves a commit pointing at unwritten bytes.
     lock_timeout: seconds to wait for another writer of the same store before giving up with
         ConcurrentWriteError.
+    quantize: store the tensors its policy selects group-wise quantized (None: none).
     """
 
     chunk_bytes: int = 64 * MiB
     codec: str | None = None
     durable: bool = True
     lock_timeout: float = 600.0
+    quantize: QuantizeConfig | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0:
@@ -279,3 +284,34 @@ class QuantizeConfig:
 # A category (dictionary) column keeps its categories in the dataset's root document, which
 # every open reads: past this many distinct values store the column as plain strings instead.
 DATASET_MAX_CATEGORIES = 1 << 16
+
+# -- Lossless weights (issue 10) ------------------------------------------------------------------
+@dataclass(frozen=True)
+class LosslessConfig:
+    """The lossless chain ``bytes -> blosc(zstd, shuffle, typesize) -> crc32c`` (codec
+    ``"lossless"``); see ``bigstore/format/lossless.py`` and NOTES.md for the measurements.
+
+    clevel: Blosc (zstd) level 1..9 for chunks that compress; level 1 measured best on weights
+        for both ratio and decode speed. ``"lossless:LEVEL"`` sets it.
+    blocksize: bytes per Blosc block (each block is one zstd frame inside the chunk).
+    min_saving: a chunk is stored as a Blosc memcpy frame (raw bytes after a 16-byte header)
+        unless compression saves at least this fraction of its bytes.
+    shuffle: "shuffle" (the bytes of each value grouped), "bitshuffle" or "noshuffle".
+    """
+
+    clevel: int = 1
+    blocksize: int = 1 * MiB
+    min_saving: float = 0.05
+    shuffle: str = "shuffle"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.clevel <= 9:
+            raise UnsupportedCodecError(f"blosc clevel must be 1..9, got {self.clevel}")
+        if self.shuffle not in ("noshuffle", "shuffle", "bitshuffle"):
+            raise UnsupportedCodecError(
+                f"unknown shuffle {self.shuffle!r}; choose noshuffle, shuffle or bitshuffle"
+            )
+        if not 0.0 <= self.min_saving < 1.0:
+            raise UnsupportedCodecError(f"min_saving must be in [0, 1), got {self.min_saving}")
+        if self.blocksize < 0:
+            raise UnsupportedCodecError(f"blocksize cannot be negative, got {self.blocksize}")

@@ -118,7 +118,8 @@ def _new_array(
     per_shard = max(
         1, min(_MAX_CHUNKS_PER_SHARD, cfg.shard_bytes // max(1, chunk_rows * row_bytes))
     )
-    return ArrayLayout(path, (0, *inner), spec_dtype, chunk_rows, codec, per_shard)
+    return ArrayLayout(path, (0, *inner), spec_dtype, chunk_rows, codec.bind(spec_dtype.itemsize),
+                       per_shard)
 
 
 def _new_layout(
@@ -278,7 +279,8 @@ def write_dataset(
     or directory, or an iterable of such dict batches. ``columns`` selects columns; ``variable``
     names columns to store as variable length even when a batch happens to be rectangular.
     chunk_rows: samples per inner chunk (default: about ``chunk_bytes`` of all columns).
-    shard_bytes: target bytes per shard object. codec: None, "zstd[:level]" or "gzip[:level]".
+    shard_bytes: target bytes per shard object. codec: None, "lossless[:level]" (bit-exact Blosc,
+    per chunk), "zstd[:level]" or "gzip[:level]".
     mode: "w" replaces atomically; "a" appends samples (the layout and codec of the existing
     dataset are kept; ``chunk_rows``/``codec`` are then ignored). Concurrent appends wait for
     each other (up to ``lock_timeout`` seconds, then ConcurrentWriteError) and all land.

@@ -1,27 +1,32 @@
-"""The chunk codec chains bigstore writes and reads: ``bytes`` [+ zstd | gzip] [+ ``crc32c``].
+"""The chunk codec chains bigstore writes and reads:
+``bytes`` [+ blosc | zstd | gzip] [+ ``crc32c``].
 
-Compression is numcodecs' (the same implementation zarr's ZstdCodec/GzipCodec call), so chunks
-are byte-identical to what zarr-python would write. The crc32c is the Zarr v3 ``crc32c`` codec:
-4 little-endian bytes appended to the encoded chunk. bigstore always writes it; a chain without
-it is read (arrays bigstore did not write, e.g. a safetensors file seen as a store) but then
-nothing can be checked.
+Compression is numcodecs' (the same implementation zarr's BloscCodec/ZstdCodec/GzipCodec call),
+so zarr-python decodes every chunk on its own. ``blosc`` is the lossless chain of
+:mod:`bigstore.format.lossless` (zstd after a byte shuffle of ``typesize``-byte values), chosen
+per chunk: a chunk that does not compress is a Blosc memcpy frame of the same codec. The crc32c
+is the Zarr v3 ``crc32c`` codec: 4 little-endian bytes appended to the encoded chunk. bigstore
+always writes it; a chain without it is read (arrays bigstore did not write, e.g. a safetensors
+file seen as a store) but then nothing can be checked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import crc32c as _crc32c
 import numpy as np
 
+from ..config import LosslessConfig
 from ..errors import ChecksumError, TruncatedChunkError, UnsupportedCodecError
+from . import lossless
 
 __all__ = ["ChunkCodec", "crc32c_of", "parse_codec"]
 
 CRC_BYTES = 4
-_COMPRESSORS = ("zstd", "gzip")
+_COMPRESSORS = ("lossless", "zstd", "gzip")
 _DEFAULT_LEVEL = {"zstd": 3, "gzip": 5}
 
 
@@ -34,11 +39,14 @@ def crc32c_of(parts: Sequence[Any]) -> int:
 
 
 def parse_codec(spec: str | None) -> ChunkCodec:
-    """``None`` | ``"none"`` | ``"zstd"`` | ``"zstd:7"`` | ``"gzip"`` | ``"gzip:9"`` (names
-    are case-insensitive; zstd levels 1-22, gzip levels 0-9)."""
-    # the level ranges numcodecs accepts for the chains bigstore writes
-    levels = {"zstd": (1, 22), "gzip": (0, 9)}
-    text = "" if spec is None else str(spec).strip()
+    """``None`` | ``"none"`` | ``"lossless"`` | ``"lossless:3"`` | ``"zstd"`` | ``"zstd:7"`` |
+    ``"gzip"`` | ``"gzip:9"`` (names are case-insensitive; lossless levels 1-9, zstd 1-22,
+    gzip 0-9). ``lossless`` takes its other parameters from :class:`LosslessConfig`."""
+    # the level ranges the libraries accept for the chains bigstore writes
+    levels = {"lossless": (1, 9), "zstd": (1, 22), "gzip": (0, 9)}
+    if spec is not None and not isinstance(spec, str):
+        raise UnsupportedCodecError(f"a codec is a string like 'lossless' or 'zstd:3': {spec!r}")
+    text = "" if spec is None else spec.strip()
     if text.lower() in ("", "none", "raw"):
         return ChunkCodec(None, 0)
     name, sep, level = text.partition(":")
@@ -51,16 +59,18 @@ def parse_codec(spec: str | None) -> ChunkCodec:
     if sep and not level.strip():
         raise UnsupportedCodecError(f"codec {spec!r} names no level after ':' ({lo}-{hi})")
     try:
-        lvl = int(level) if sep else _DEFAULT_LEVEL[name]
+        lvl = int(level) if sep else None
     except ValueError:
         raise UnsupportedCodecError(
             f"codec level in {spec!r} is not an integer ({name} levels are {lo}-{hi})"
         ) from None
-    if not lo <= lvl <= hi:
+    if lvl is not None and not lo <= lvl <= hi:
         raise UnsupportedCodecError(
             f"codec level {lvl} in {spec!r} is out of range: {name} levels are {lo}-{hi}"
         )
-    return ChunkCodec(name, lvl)
+    if name == "lossless":
+        return ChunkCodec.lossless(LosslessConfig() if lvl is None else LosslessConfig(clevel=lvl))
+    return ChunkCodec(name, _DEFAULT_LEVEL[name] if lvl is None else lvl)
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,19 @@ class ChunkCodec:
     compressor: str | None  # None: raw bytes (memory-mappable, read with zero copies)
     level: int = 0
     checksum: bool = True  # a crc32c follows the encoded bytes
+    # "blosc" only: the width of the values its shuffle groups (0 until bound to an array, see
+    # bind), bytes per block, the shuffle; min_saving is the writer's raw-or-compressed rule
+    # per chunk (not part of the array document, so not part of equality)
+    typesize: int = 0
+    blocksize: int = 0
+    shuffle: str = "shuffle"
+    min_saving: float = field(default=0.0, compare=False)
+
+    @classmethod
+    def lossless(cls, config: LosslessConfig) -> ChunkCodec:
+        """The lossless chain (``bind`` it to an array's value width before use)."""
+        return cls("blosc", config.clevel, True, 0, config.blocksize, config.shuffle,
+                   config.min_saving)
 
     @property
     def raw(self) -> bool:
@@ -77,14 +100,32 @@ class ChunkCodec:
 
     @property
     def spec(self) -> str | None:
+        if self.compressor == "blosc":
+            return f"lossless:{self.level}"
         return None if self.compressor is None else f"{self.compressor}:{self.level}"
+
+    def bind(self, itemsize: int) -> ChunkCodec:
+        """This codec for an array of ``itemsize``-byte values (Blosc shuffles by value width:
+        complex128 is shuffled as its two float64 halves)."""
+        if self.compressor != "blosc":
+            return self
+        width = itemsize if itemsize in (1, 2, 4, 8) else 8 if itemsize % 8 == 0 else 1
+        return replace(self, typesize=width)
+
+    def _lossless_config(self) -> LosslessConfig:
+        return LosslessConfig(clevel=max(1, self.level), blocksize=self.blocksize,
+                              min_saving=self.min_saving, shuffle=self.shuffle)
 
     # -- zarr metadata ------------------------------------------------------------------------
     def zarr_codecs(self) -> list[Any]:
         from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
         chain: list[Any] = [BytesCodec(endian="little")]
-        if self.compressor == "zstd":
+        if self.compressor == "blosc":
+            if not self.typesize:
+                raise UnsupportedCodecError("the lossless codec is not bound to a value width")
+            chain.append(lossless.blosc_codec(self.typesize, self._lossless_config()))
+        elif self.compressor == "zstd":
             chain.append(ZstdCodec(level=self.level, checksum=False))
         elif self.compressor == "gzip":
             chain.append(GzipCodec(level=self.level))
@@ -95,7 +136,7 @@ class ChunkCodec:
     @classmethod
     def from_zarr(cls, codecs: Sequence[Any], where: str) -> ChunkCodec:
         """Recognise a chain bigstore can read fast; anything else is refused by name."""
-        from zarr.codecs import BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
+        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, ZstdCodec
 
         names = [type(c).__name__ for c in codecs]
         checksum = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
@@ -111,9 +152,15 @@ class ChunkCodec:
             return cls("zstd", body[1].level, checksum)
         if ok and isinstance(body[1], GzipCodec):
             return cls("gzip", body[1].level, checksum)
+        if ok and isinstance(body[1], BloscCodec):
+            # any cname decodes: a Blosc frame names its own compressor
+            b = body[1]
+            shuffle = b.shuffle.value if b.shuffle is not None else "noshuffle"
+            return cls("blosc", int(b.clevel), checksum, int(b.typesize or 1),
+                       int(b.blocksize), shuffle)
         raise UnsupportedCodecError(
             f"{where}: codec chain {names} is not one bigstore reads "
-            "(bytes[little] [+ zstd|gzip] [+ crc32c])"
+            "(bytes[little] [+ blosc|zstd|gzip] [+ crc32c])"
         )
 
     # -- bytes --------------------------------------------------------------------------------
@@ -126,26 +173,67 @@ class ChunkCodec:
 
         return GZip(level=self.level)
 
-    def encode(self, raw: memoryview) -> list[Any]:
+    def encode(self, raw: memoryview, *, where: str = "chunk") -> list[Any]:
         """The stored object as buffers to write back to back (no copy when uncompressed)."""
-        payload: Any = raw if self.raw else self._numcodec().encode(raw)
+        payload: Any
+        if self.raw:
+            payload = raw
+        elif self.compressor == "blosc":
+            if not self.typesize:
+                raise UnsupportedCodecError(f"{where}: the lossless codec is not bound")
+            payload = lossless.encode(raw, self.typesize, clevel=self.level,
+                                      blocksize=self.blocksize, min_saving=self.min_saving,
+                                      shuffle=self.shuffle, where=where)
+        else:
+            payload = self._numcodec().encode(raw)
         if not self.checksum:
             return [payload]
         crc = np.array([crc32c_of([payload])], dtype="<u4")
         return [payload, crc.tobytes()]
 
-    def decode_into(self, blob: Any, out: memoryview, *, verify: bool, where: str) -> None:
-        """Check and decode one stored object into ``out`` (exactly one full chunk of bytes)."""
+    def _payload(self, blob: Any, *, verify: bool, where: str) -> memoryview:
+        """The encoded bytes of a stored object, its crc32c checked when ``verify``."""
         view = memoryview(blob).cast("B")
-        payload = view
-        if self.checksum:
-            if view.nbytes < CRC_BYTES:
-                raise TruncatedChunkError(
-                    f"{where}: {view.nbytes} bytes, too short to hold a chunk"
-                )
-            payload = view[: view.nbytes - CRC_BYTES]
-            if verify:
-                check_crc([payload], view[view.nbytes - CRC_BYTES :], where)
+        if not self.checksum:
+            return view
+        if view.nbytes < CRC_BYTES:
+            raise TruncatedChunkError(f"{where}: {view.nbytes} bytes, too short to hold a chunk")
+        payload = view[: view.nbytes - CRC_BYTES]
+        if verify:
+            check_crc([payload], view[view.nbytes - CRC_BYTES :], where)
+        return payload
+
+    def decode_range_into(self, blob: Any, out: memoryview, start: int, chunk_nbytes: int, *,
+                          verify: bool, where: str) -> None:
+        """Bytes [start, start + len(out)) of a chunk of ``chunk_nbytes`` decoded bytes.
+
+        A Blosc memcpy frame is copied from straight (no decoder, no scratch); anything else
+        is decoded whole into scratch first (decoders write whole chunks)."""
+        if self.compressor == "blosc":
+            payload = self._payload(blob, verify=verify, where=where)
+            raw = lossless.raw_payload(payload, where=where)
+            if raw is not None:
+                if raw.nbytes != chunk_nbytes:
+                    raise TruncatedChunkError(
+                        f"{where}: holds {raw.nbytes} bytes, expected {chunk_nbytes}"
+                    )
+                out.cast("B")[:] = raw[start : start + out.nbytes]
+                return
+            full = memoryview(np.empty(chunk_nbytes, np.uint8))
+            lossless.decode(payload, full, where=where)
+            out.cast("B")[:] = full[start : start + out.nbytes]
+            return
+        full = memoryview(np.empty(chunk_nbytes, np.uint8))
+        self.decode_into(blob, full, verify=verify, where=where)
+        out.cast("B")[:] = full[start : start + out.nbytes]
+
+    def decode_into(self, blob: Any, out: memoryview, *, verify: bool, where: str) -> None:
+        """Check and decode one stored object into ``out`` (exactly one full chunk of bytes).
+        Blosc decodes straight into ``out``."""
+        payload = self._payload(blob, verify=verify, where=where)
+        if self.compressor == "blosc":
+            lossless.decode(payload, out, where=where)
+            return
         if self.raw:
             if payload.nbytes != out.nbytes:
                 raise TruncatedChunkError(

@@ -13,6 +13,8 @@ levels on both ratio and decode speed here: on near-random mantissas higher leve
 matches that cost bits and decode time. Blocks of 1 MiB amortise zstd's per-block tables (the
 automatic block size at level 1 is far smaller and loses ~2 points of ratio).
 
+The parameters and their defaults are :class:`bigstore.config.LosslessConfig`.
+
 Per chunk, when compression saves less than ``min_saving`` of the raw bytes, the chunk is stored
 as a Blosc *memcpy frame* instead (``clevel=0``: a 16-byte header followed by the raw bytes).
 That is still a valid frame of the same ``blosc`` codec (Blosc frames are self-describing), so
@@ -31,16 +33,18 @@ from typing import Any
 import numpy as np
 from numcodecs import blosc as _blosc
 
+from ..config import LosslessConfig
 from ..errors import CorruptChunkError, TruncatedChunkError, UnsupportedCodecError
 
 __all__ = [
-    "HEADER_BYTES", "LosslessCodec", "decode", "encode", "frame_info", "raw_payload",
+    "HEADER_BYTES", "FrameInfo", "blosc_codec", "decode", "encode", "frame_info", "raw_payload",
 ]
 
 HEADER_BYTES = 16  # the Blosc 1 frame header
 _MEMCPYED = 0x02  # header flag: the payload after the header is the raw bytes
 _SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 _MAX_CHUNK = int(_blosc.MAX_BUFFERSIZE)  # a Blosc frame holds at most ~2 GiB
+_DEFAULT = LosslessConfig()
 
 
 @dataclass(frozen=True)
@@ -54,51 +58,12 @@ class FrameInfo:
     memcpyed: bool  # payload after the header is the raw bytes
 
 
-@dataclass(frozen=True)
-class LosslessCodec:
-    """The lossless chain's parameters: the one home of their defaults.
+def blosc_codec(itemsize: int, config: LosslessConfig = _DEFAULT) -> Any:
+    """zarr's ``BloscCodec`` for an array of ``itemsize``-byte values (its document entry)."""
+    from zarr.codecs import BloscCodec, BloscShuffle
 
-    clevel: Blosc level (1..9) for chunks that compress; zstd level 1 measured best.
-    blocksize: Blosc block size in bytes (each block is one zstd frame inside the chunk).
-    min_saving: a chunk is stored raw (a memcpy frame) unless compression saves at least this
-        fraction of its bytes: below that the decode costs more than the bytes it saves.
-    shuffle: "shuffle" (bytes of each value grouped), "bitshuffle" or "noshuffle".
-    """
-
-    clevel: int = 1
-    blocksize: int = 1 << 20
-    min_saving: float = 0.05
-    shuffle: str = "shuffle"
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.clevel <= 9:
-            raise UnsupportedCodecError(f"blosc clevel must be 1..9, got {self.clevel}")
-        if self.shuffle not in _SHUFFLES:
-            raise UnsupportedCodecError(
-                f"unknown shuffle {self.shuffle!r}; choose one of {sorted(_SHUFFLES)}"
-            )
-        if not 0.0 <= self.min_saving < 1.0:
-            raise UnsupportedCodecError(f"min_saving must be in [0, 1), got {self.min_saving}")
-        if self.blocksize < 0:
-            raise UnsupportedCodecError(f"blocksize cannot be negative, got {self.blocksize}")
-
-    def blosc_codec(self, itemsize: int) -> Any:
-        """zarr's ``BloscCodec`` for an array of ``itemsize``-byte values."""
-        from zarr.codecs import BloscCodec, BloscShuffle
-
-        return BloscCodec(typesize=itemsize, cname="zstd", clevel=self.clevel,
-                          shuffle=BloscShuffle(self.shuffle), blocksize=self.blocksize)
-
-    def zarr_codecs(self, itemsize: int) -> list[Any]:
-        """The array document's full chain: bytes[little] -> blosc -> crc32c."""
-        from zarr.codecs import BytesCodec, Crc32cCodec
-
-        return [BytesCodec(endian="little"), self.blosc_codec(itemsize), Crc32cCodec()]
-
-    def encode(self, raw: Any, itemsize: int, *, where: str = "chunk") -> bytes:
-        """See :func:`encode`."""
-        return encode(raw, itemsize, clevel=self.clevel, blocksize=self.blocksize,
-                      min_saving=self.min_saving, shuffle=self.shuffle, where=where)
+    return BloscCodec(typesize=itemsize, cname="zstd", clevel=config.clevel,
+                      shuffle=BloscShuffle(config.shuffle), blocksize=config.blocksize)
 
 
 def _as_items(raw: Any, itemsize: int, where: str) -> np.ndarray[Any, Any]:
@@ -118,8 +83,9 @@ def _as_items(raw: Any, itemsize: int, where: str) -> np.ndarray[Any, Any]:
     return b.view(f"<u{itemsize}")
 
 
-def encode(raw: Any, itemsize: int, *, clevel: int = 1, blocksize: int = 1 << 20,
-           min_saving: float = 0.05, shuffle: str = "shuffle", where: str = "chunk") -> bytes:
+def encode(raw: Any, itemsize: int, *, clevel: int = LosslessConfig.clevel,
+           blocksize: int = LosslessConfig.blocksize, min_saving: float = LosslessConfig.min_saving,
+           shuffle: str = LosslessConfig.shuffle, where: str = "chunk") -> bytes:
     """One chunk's raw little-endian bytes -> one Blosc frame.
 
     Compressed with zstd after the shuffle when that saves at least ``min_saving`` of the bytes,

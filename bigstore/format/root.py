@@ -19,9 +19,10 @@ from ..errors import (
 )
 from ..store import Store
 
-__all__ = ["FORMAT_VERSION", "ROOT_KEY", "RootDoc", "read_root", "write_root"]
+__all__ = ["FORMAT_VERSION", "QUANTIZED_VERSION", "ROOT_KEY", "RootDoc", "read_root", "write_root"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this reader knows
+QUANTIZED_VERSION = 2  # added quantized tensors (a group of parts per tensor)
 ROOT_KEY = "zarr.json"
 
 
@@ -33,7 +34,8 @@ class RootDoc:
     arrays: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> array document
 
 
-def encode_root(kind: str, attrs: dict[str, Any], arrays: dict[str, dict[str, Any]]) -> bytes:
+def encode_root(kind: str, attrs: dict[str, Any], arrays: dict[str, dict[str, Any]],
+                version: int = 1) -> bytes:
     from ..version import __version__
 
     doc = {
@@ -42,7 +44,7 @@ def encode_root(kind: str, attrs: dict[str, Any], arrays: dict[str, dict[str, An
         "attributes": {
             "bigstore": {
                 **attrs,
-                "format_version": FORMAT_VERSION,
+                "format_version": version,
                 "kind": kind,
                 "written_by": f"bigstore {__version__}",
             }
@@ -52,8 +54,11 @@ def encode_root(kind: str, attrs: dict[str, Any], arrays: dict[str, dict[str, An
     return json.dumps(doc, indent=1).encode()
 
 
-def write_root(store: Store, kind: str, attrs: dict[str, Any], arrays: dict[str, Any]) -> None:
-    store.put(ROOT_KEY, encode_root(kind, attrs, arrays))
+def write_root(store: Store, kind: str, attrs: dict[str, Any], arrays: dict[str, Any], *,
+               version: int = 1) -> None:
+    """Commit: ``version`` is the oldest format version that describes what was written (1
+    unless the store uses a later addition), so older readers still open what they can read."""
+    store.put(ROOT_KEY, encode_root(kind, attrs, arrays, version))
 
 
 def read_root(store: Store, *, expect_kind: str | None = None) -> RootDoc:

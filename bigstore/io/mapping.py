@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import posix
 from ..errors import CorruptChunkError, StoreNotFoundError, TruncatedChunkError
-from ..format import ArrayLayout
+from ..format import ArrayLayout, QuantizedLayout
 from ..format.codecs import CRC_BYTES, check_crc
 from ..store import Store
 from .executor import get_executor
@@ -123,7 +123,10 @@ def map_objects(objects: Sequence[tuple[str, int, int]], stride: int) -> MappedR
 
 def mappable(store: Store, layout: ArrayLayout) -> bool:
     """True when ``layout``'s chunks can be mapped: uncompressed, on a local file system, and
-    (for tensors of several chunks) every chunk a whole number of pages."""
+    (for tensors of several chunks) every chunk a whole number of pages. Quantized tensors are
+    not (their values are computed from their parts at read time)."""
+    if isinstance(layout, QuantizedLayout):
+        return False
     if not (posix.available() and layout.codec.raw and layout.n_chunks and layout.row_bytes):
         return False
     if not layout.sharded and layout.n_chunks > 1 and layout.chunk_nbytes % PAGE:
@@ -211,6 +214,7 @@ class MappedArray:
             np.asarray(self.region) if self.region.length else np.empty(0, np.uint8)
         )
         self._shared = verified is None  # the process-wide record (checked by file identity)
+        self._suspect: set[int] = set()  # found not cached: checked whatever mincore says later
         self.verified = verified if verified is not None else np.zeros(max(1, n), np.uint8)
 
     def where(self, k: int) -> str:
@@ -230,6 +234,9 @@ class MappedArray:
         """
         lay = self.layout
         ks = range(lay.n_chunks) if chunks is None else np.asarray(chunks, np.int64).tolist()
+        if self._shared:  # decide what is still trusted before reading brings pages back
+            ks = [k for k in ks if not self.verified[k] and not self._still_checked(k)]
+            self._suspect.update(ks)
         spans: dict[int, list[int]] = {}
         for k in ks:
             i = k // lay.chunks_per_shard if lay.sharded else k
@@ -293,7 +300,7 @@ class MappedArray:
         return self._idents[k], 0
 
     def _still_checked(self, k: int) -> bool:
-        if not _CHECKED.has(*self._ident_of(k)):
+        if k in self._suspect or not _CHECKED.has(*self._ident_of(k)):
             return False
         b = int(self.chunk_base[k])
         pages = posix.mincore((self.region.addr + b) // PAGE * PAGE,

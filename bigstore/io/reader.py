@@ -6,6 +6,10 @@ the shared pool, several requests in flight: crc32c checked, the codec decoding 
 destination. Tensors (``load``, ``open(...)[...]``, offload's fills) and dataset columns (chunk
 slots of the copying loader, random access) all read through it.
 
+A quantized tensor (:class:`~bigstore.format.QuantizedLayout`) is read chunk by chunk: each job
+reads the rows' parts (packed values, scales, zero points) and dequantizes them into the
+destination with the numba kernels (``io/dequant.py``), so callers get the logical dtype.
+
 Uncompressed chunks on a store with zero-copy reads (local files) are read with one scatter
 ``preadv`` per request straight into the destinations; the rows of a chunk outside the request
 land in scratch buffers only so the crc32c can cover the whole chunk (with ``verify=False`` only
@@ -15,8 +19,9 @@ the wanted rows are read).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,10 +33,11 @@ from ..errors import (
     StoreNotFoundError,
     TruncatedChunkError,
 )
-from ..format import EMPTY, ROOT_KEY, ArrayLayout, parse_index
+from ..format import EMPTY, ROOT_KEY, ArrayLayout, QuantizedLayout, parse_index
 from ..format.codecs import CRC_BYTES, check_crc
-from ..plan import ChunkRead, ReadOp, plan_reads, plan_rows
+from ..plan import ChunkPiece, ChunkRead, ReadOp, plan_reads, plan_rows
 from ..store import ByteRange, Store
+from .dequant import dequantize_rows
 from .executor import get_executor
 
 __all__ = ["ChunkReader", "RowRequest", "byte_view"]
@@ -91,15 +97,19 @@ class ChunkReader:
     def read_rows(self, requests: Iterable[RowRequest], *, progress: Any = None) -> None:
         """Fill each request's buffer with its rows (every request may name another array)."""
         jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]] = []
+        quantized: list[Callable[[], int]] = []
         for req in requests:
             lay = req.layout
             out = byte_view(req.out, (req.stop - req.start) * lay.row_bytes,
                             f"array {lay.path!r}")
-            reads = [ChunkRead(p.chunk, p.lo, p.hi, 0, p.dst * lay.row_bytes)
-                     for p in plan_rows(lay, req.start, req.stop)]
+            pieces = plan_rows(lay, req.start, req.stop)
+            if isinstance(lay, QuantizedLayout):
+                quantized += [partial(self._run_quantized, lay, p, out) for p in pieces]
+                continue
+            reads = [ChunkRead(p.chunk, p.lo, p.hi, 0, p.dst * lay.row_bytes) for p in pieces]
             if reads:
                 jobs.append((lay, reads, [out]))
-        self._execute(jobs, progress)
+        self._execute(jobs, progress, quantized)
 
     def read_chunks(
         self, layout: ArrayLayout, chunks: Sequence[int], outs: Sequence[Any],
@@ -113,6 +123,10 @@ class ChunkReader:
 
     def check_chunk(self, layout: ArrayLayout, k: int) -> None:
         """Re-check chunk ``k`` completely: present, its size, its checksum, that it decodes."""
+        if isinstance(layout, QuantizedLayout):
+            for _, part in layout.parts:
+                self.check_chunk(part, k)
+            return
         strict = ChunkReader(self.store, ReadConfig(threads=self.config.threads, verify=True),
                              root_version=self.root_version)
         strict._index = self._index
@@ -185,9 +199,12 @@ class ChunkReader:
 
     # -- execution ----------------------------------------------------------------------------
     def _execute(
-        self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any
+        self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any,
+        extra: Sequence[Callable[[], int]] = (),
     ) -> None:
-        work: list[tuple[ArrayLayout, ReadOp, list[ChunkRead], list[memoryview]]] = []
+        """Run the plans of ``jobs`` and the ``extra`` jobs (each returns the bytes it filled),
+        several at once on the shared pool."""
+        work: list[Callable[[], int]] = []
         for layout, reads, outs in jobs:
             try:
                 ops = plan_reads(reads, self._locate(layout),
@@ -195,19 +212,32 @@ class ChunkReader:
             except StoreNotFoundError:
                 self._check_unchanged()
                 raise
-            work.extend((layout, op, reads, outs) for op in ops)
+            work.extend(partial(self._run_op, layout, op, reads, outs) for op in ops)
+        work.extend(extra)
         if len(work) == 1:
-            n = self._run_op(*work[0])
+            n = work[0]()
             if progress is not None:
                 progress.update(n)
             return
-
-        def run(item: tuple[ArrayLayout, ReadOp, list[ChunkRead], list[memoryview]]) -> int:
-            return self._run_op(*item)
-
-        for n in get_executor(self.config.threads).map(run, work):
+        for n in get_executor(self.config.threads).map(_call, work):
             if progress is not None:
                 progress.update(n)
+
+    def _run_quantized(self, layout: QuantizedLayout, piece: ChunkPiece, out: memoryview) -> int:
+        """Logical rows [lo, hi) of chunk ``piece.chunk``: read the parts' rows, dequantize."""
+        k = piece.chunk
+        first = k * layout.chunk_rows
+        parts: dict[str, memoryview] = {}
+        for span in layout.part_spans(first + piece.lo, first + piece.hi):
+            base = k * span.layout.chunk_rows
+            buf = memoryview(np.empty(span.nbytes, np.uint8))
+            self._run_one(span.layout, [ChunkRead(k, span.start - base, span.stop - base)],
+                          [buf])
+            parts[span.part] = buf
+        n = (piece.hi - piece.lo) * layout.row_bytes
+        dst = out[piece.dst * layout.row_bytes : piece.dst * layout.row_bytes + n]
+        dequantize_rows(layout, first + piece.lo, first + piece.hi, parts, dst)
+        return n
 
     def _run_one(self, layout: ArrayLayout, reads: list[ChunkRead],
                  outs: list[memoryview]) -> None:
@@ -316,9 +346,8 @@ class ChunkReader:
         if r.lo == 0 and r.hi == layout.chunk_rows:
             layout.codec.decode_into(stored, dst, verify=self.verify, where=where)
             return
-        full = memoryview(bytearray(layout.chunk_nbytes))
-        layout.codec.decode_into(stored, full, verify=self.verify, where=where)
-        dst[:] = full[r.lo * rb : r.hi * rb]
+        layout.codec.decode_range_into(stored, dst, r.lo * rb, layout.chunk_nbytes,
+                                       verify=self.verify, where=where)
 
     def _check_unchanged(self) -> None:
         """Raise StoreChangedError when the store was replaced since the caller opened it."""
@@ -332,6 +361,10 @@ class ChunkReader:
             raise StoreChangedError(
                 f"{self.store.url} was replaced after it was opened: open it again"
             )
+
+
+def _call(job: Callable[[], int]) -> int:
+    return job()
 
 
 def _scratch(n: int) -> memoryview:

@@ -13,16 +13,16 @@ import json
 import math
 import os
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import WriteConfig, parse_bytes
+from ..config import QuantizeConfig, WriteConfig, parse_bytes
 from ..errors import BigstoreError, DTypeError, StoreNotFoundError, UnsupportedSourceError
-from ..format import ArrayLayout
+from ..format import ArrayLayout, QuantizedLayout
 from ..format.dtypes import SAFETENSORS_DTYPES, dtype_spec
 from ..progress import progress_bar
 from ..store import is_local_url, local_path
@@ -30,7 +30,7 @@ from ._arrays import from_storage_array, to_storage_array
 from .reader import TensorStore
 from .writer import save
 
-__all__ = ["convert", "iter_source", "export_safetensors", "write_file"]
+__all__ = ["convert", "export_safetensors", "iter_source", "quantize", "write_file"]
 
 _ST_DTYPES = SAFETENSORS_DTYPES
 
@@ -228,10 +228,12 @@ def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     *,
-    codec: str | None = None,
+    codec: str | None = WriteConfig.codec,
     chunk_bytes: int | str = WriteConfig.chunk_bytes,
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
+    quantize: QuantizeConfig | str | None = WriteConfig.quantize,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Convert any checkpoint bigstore reads to the format ``dst``'s suffix names: a bigstore
     store (any other path or URL), ``.safetensors``, ``.pt``/``.pth``/``.bin`` (a ``torch.save``
@@ -244,9 +246,16 @@ def convert(
     local uncompressed store, whose tensors are memory-mapped. ``.npz`` cannot hold bfloat16
     or float8 (numpy has no such dtypes): such tensors are refused, never stored as raw bits
     under another dtype. File destinations appear complete or not at all.
+
+    To a store: ``codec="lossless"`` compresses bit-exactly; ``quantize`` ("int8", "int4" or a
+    :class:`~bigstore.config.QuantizeConfig`) stores the tensors its policy selects group-wise
+    quantized (the summary then counts them and their stored bytes). A Hugging Face
+    directory's config and tokenizer files are kept with the store.
     """
     s, d = os.fspath(src), os.fspath(dst)
     kind = _destination_kind(d)
+    if quantize is not None and kind != "store":
+        raise UnsupportedSourceError(f"{d}: quantized weights are written to bigstore stores")
     if is_local_url(s) and is_local_url(d) and (
         os.path.abspath(local_path(s)) == os.path.abspath(local_path(d))
     ):
@@ -268,12 +277,58 @@ def convert(
     metas = save(
         iter_source(s, storage_options), d, codec=codec, chunk_bytes=parse_bytes(chunk_bytes),
         storage_options=storage_options, progress=progress, files=_companions(s),
+        quantize=quantize, overwrite=overwrite,
     )
+    return _summary(s, d, metas)
+
+
+def _summary(s: str, d: str, metas: Mapping[str, ArrayLayout]) -> dict[str, Any]:
     nbytes = sum(m.nbytes for m in metas.values())
+    quantized = [m for m in metas.values() if isinstance(m, QuantizedLayout)]
+    stored = sum(m.stored_nbytes if isinstance(m, QuantizedLayout) else m.nbytes
+                 for m in metas.values())
     return {"src": s, "dst": d, "tensors": len(metas), "nbytes": nbytes, "format": "bigstore",
             "chunks": sum(m.n_chunks for m in metas.values()),
             "largest": max((m.nbytes for m in metas.values()), default=0),
-            "mean_chunk": math.ceil(nbytes / max(1, sum(m.n_chunks for m in metas.values())))}
+            "mean_chunk": math.ceil(nbytes / max(1, sum(m.n_chunks for m in metas.values()))),
+            "quantized": len(quantized), "stored_nbytes": stored}
+
+
+def quantize(
+    src: str | os.PathLike[str] | Mapping[str, Any],
+    dst: str | os.PathLike[str],
+    scheme: str = QuantizeConfig.scheme,
+    group_size: int = QuantizeConfig.group_size,
+    *,
+    scale_dtype: str = QuantizeConfig.scale_dtype,
+    min_dim: int = QuantizeConfig.min_dim,
+    include: Sequence[str] = QuantizeConfig.include,
+    exclude: Sequence[str] = QuantizeConfig.exclude,
+    codec: str | None = WriteConfig.codec,
+    chunk_bytes: int | str = WriteConfig.chunk_bytes,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``src`` (a store, any checkpoint :func:`convert` reads, or a state dict) to the
+    store ``dst`` with group-wise ``scheme`` ("int8" or "int4") weights, ``group_size`` values
+    per group.
+
+    Which tensors: :class:`~bigstore.config.QuantizeConfig`'s policy (linear and attention
+    weight matrices; embeddings, norms, biases and heads kept as they are), overridden by
+    ``include``/``exclude`` name patterns (globs, or regexes after ``"re:"``; exclude wins).
+    Reading the store gives the dequantized tensors in their original dtype. Returns
+    :func:`convert`'s summary."""
+    config = QuantizeConfig(scheme=scheme, group_size=group_size, scale_dtype=scale_dtype,
+                            min_dim=min_dim, include=tuple(include), exclude=tuple(exclude))
+    if isinstance(src, Mapping):
+        metas = save(src, dst, codec=codec, chunk_bytes=chunk_bytes,
+                     storage_options=storage_options, progress=progress, quantize=config,
+                     overwrite=overwrite)
+        return _summary("<state dict>", os.fspath(dst), metas)
+    return convert(src, dst, codec=codec, chunk_bytes=chunk_bytes,
+                   storage_options=storage_options, progress=progress, quantize=config,
+                   overwrite=overwrite)
 
 
 def _companions(src: str) -> dict[str, bytes]:

@@ -1,10 +1,11 @@
 """Group-wise 8-bit and 4-bit weights: the policy, and one tensor to its stored parts and back.
 
-Pure functions over numpy arrays (and torch tensors for the device path); no I/O. The chunk
-reader stores the parts as ordinary Zarr arrays and calls :func:`dequantize_tensor` (CPU, numba
-kernels) or :func:`dequantize_torch` (any torch device, after copying the packed bytes there) at
-page-in. Both give the same bits: ``(q - zero) * scale`` is exact in float32, so the only
-rounding is the final round-to-nearest-even into the compute dtype.
+Pure functions over numpy arrays (and torch tensors for the device path); no I/O. A store keeps
+the parts as ordinary Zarr arrays (``bigstore.format.quantized``); the chunk reader dequantizes
+them at page-in through ``bigstore.io.dequant`` (numba kernels on the CPU, :func:`dequantize_torch`
+on a device after copying the packed bytes there). Both give the same bits: ``(q - zero) *
+scale`` is exact in float32, so the only rounding is the final round-to-nearest-even into the
+compute dtype. :class:`PackedTensor` is what ``load(..., dequantize=False)`` returns.
 
 Layout of a tensor of shape ``(..., cols)``, seen as ``rows = prod(...)`` rows (see
 ``bigstore_native._quant_jit`` for the kernels' arithmetic):
@@ -39,17 +40,16 @@ from bigstore_native import quant
 
 from ..config import QuantizeConfig
 from ..errors import DTypeError, QuantizeError, ShapeError
+from ..format.quantized import QuantSpec
+from ..io.dequant import COMPUTE_DTYPES, dequantize_parts, dequantize_torch
 
 __all__ = [
-    "QuantSpec", "QuantizedTensor", "dequantize_tensor", "dequantize_torch", "quantize_tensor",
-    "should_quantize", "why",
+    "PackedTensor", "QuantSpec", "QuantizedTensor", "dequantize_tensor", "dequantize_torch",
+    "quantize_tensor", "should_quantize", "why",
 ]
 
-SCHEMES = ("int8", "int4")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 _SCALE_KIND = {"float16": 0, "bfloat16": 1}
-_OUT_KIND = {"float32": 0, "float16": 1, "bfloat16": 2}
 
 # -- policy ---------------------------------------------------------------------------------------
 # Name components (the dot-separated parts) that mark a tensor kept in its original precision.
@@ -121,72 +121,6 @@ def should_quantize(name: str, shape: Sequence[int], dtype: str,
 
 # -- one tensor -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class QuantSpec:
-    """The JSON-able description stored beside the parts (array attributes)."""
-
-    scheme: str
-    group_size: int
-    scale_dtype: str
-    dtype: str  # the original logical dtype
-    shape: tuple[int, ...]  # the original shape
-
-    @property
-    def cols(self) -> int:
-        return self.shape[-1]
-
-    @property
-    def rows(self) -> int:
-        return math.prod(self.shape[:-1])
-
-    @property
-    def n_groups(self) -> int:
-        return -(-self.cols // self.group_size)
-
-    @property
-    def packed_shape(self) -> tuple[int, int]:
-        return (self.rows, self.cols if self.scheme == "int8" else (self.cols + 1) // 2)
-
-    @property
-    def scales_shape(self) -> tuple[int, int]:
-        return (self.rows, self.n_groups)
-
-    @property
-    def nbytes(self) -> int:
-        """Stored bytes: packed values, scales and zero points."""
-        per_group = 2 + (1 if self.scheme == "int4" else 0)
-        return math.prod(self.packed_shape) + self.rows * self.n_groups * per_group
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8.0 * self.nbytes / max(1, self.rows * self.cols)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"scheme": self.scheme, "group_size": self.group_size,
-                "scale_dtype": self.scale_dtype, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any], name: str) -> QuantSpec:
-        try:
-            spec = cls(scheme=str(doc["scheme"]), group_size=int(doc["group_size"]),
-                       scale_dtype=str(doc["scale_dtype"]), dtype=str(doc["dtype"]),
-                       shape=tuple(int(n) for n in doc["shape"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise QuantizeError(f"{name}: malformed quantization description {doc!r}") from e
-        spec.check(name)
-        return spec
-
-    def check(self, name: str) -> None:
-        if self.scheme not in SCHEMES:
-            raise QuantizeError(f"{name}: unknown quantization scheme {self.scheme!r}")
-        if self.scale_dtype not in _SCALE_KIND:
-            raise QuantizeError(f"{name}: unknown scale dtype {self.scale_dtype!r}")
-        if self.group_size < 1 or not self.shape or min(self.shape) < 1:
-            raise QuantizeError(
-                f"{name}: bad group size {self.group_size} or shape {self.shape}"
-            )
-
-
-@dataclass(frozen=True)
 class QuantizedTensor:
     """One tensor's stored parts (numpy arrays) and their description."""
 
@@ -241,8 +175,10 @@ def _as_float32(name: str, x: Any, dtype: str | None) -> tuple[np.ndarray[Any, A
     return np.array(a, np.float32, order="C", copy=None), logical  # keeps 0-d arrays 0-d
 
 
-def quantize_tensor(name: str, x: Any, *, scheme: str = "int8", group_size: int = 64,
-                    scale_dtype: str = "float16", dtype: str | None = None) -> QuantizedTensor:
+def quantize_tensor(name: str, x: Any, *, scheme: str = QuantizeConfig.scheme,
+                    group_size: int = QuantizeConfig.group_size,
+                    scale_dtype: str = QuantizeConfig.scale_dtype,
+                    dtype: str | None = None) -> QuantizedTensor:
     """One float tensor (numpy, torch, or bfloat16 as uint16 bits with ``dtype="bfloat16"``)
     -> its stored parts. Deterministic; the numba kernels (or their numpy twins) do the work."""
     x32, logical = _as_float32(name, x, dtype)
@@ -283,7 +219,7 @@ def dequantize_tensor(name: str, q: QuantizedTensor, *, dtype: str | None = None
     q.check(name)
     spec = q.spec
     dt = dtype or (spec.dtype if spec.dtype in COMPUTE_DTYPES else "float32")
-    if dt not in _OUT_KIND:
+    if dt not in COMPUTE_DTYPES:
         raise DTypeError(f"{name}: cannot dequantize to {dt}; choose one of {COMPUTE_DTYPES}")
     storage = np.float32 if dt == "float32" else np.float16 if dt == "float16" else np.uint16
     if out is None:
@@ -296,44 +232,37 @@ def dequantize_tensor(name: str, q: QuantizedTensor, *, dtype: str | None = None
     o2 = out.reshape(spec.rows, spec.cols)
     if dt == "float16":
         o2 = o2.view(np.uint16)
-    kind = _SCALE_KIND[spec.scale_dtype]
-    scales = q.scales.view(np.uint16)
-    if spec.scheme == "int8":
-        quant.dequantize_int8(q.packed, scales, kind, spec.group_size, _OUT_KIND[dt], o2)
-    else:
-        assert q.zeros is not None  # q.check() above
-        quant.dequantize_int4(q.packed, scales, q.zeros, kind, spec.group_size, _OUT_KIND[dt],
-                              o2)
+    dequantize_parts(spec, q.packed, q.scales.view(np.uint16), q.zeros, dt, o2)
     return out
 
 
-def _per_value(t: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """(rows, ng) -> (rows, cols): each group's value repeated over its columns."""
-    return t.repeat_interleave(spec.group_size, dim=1)[:, : spec.cols]
+@dataclass(frozen=True)
+class PackedTensor:
+    """A quantized tensor's parts as torch tensors (on any device), for quantized kernels.
 
-
-def dequantize_torch(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-                     spec: QuantSpec, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The torch twin of :func:`dequantize_tensor`, on whatever device the parts are.
-
-    ``scales`` may be float16/bfloat16, or int16/uint16 holding their bits (as read from the
-    store). Gives the same bits as the numba kernels: the products are exact in float32.
+    packed: int8 ``(rows, cols)`` (int8) or uint8 ``(rows, ceil(cols / 2))`` (int4, value ``2k``
+    in the low nibble); scales: float16 or bfloat16 ``(rows, groups)``; zeros: uint8
+    ``(rows, groups)`` (int4) or None. ``rows`` is the product of all dimensions but the last.
     """
-    half = torch.float16 if spec.scale_dtype == "float16" else torch.bfloat16
-    if scales.dtype in (torch.int16, torch.uint16):
-        scales = scales.view(half)
-    if scales.dtype != half:
-        raise DTypeError(f"scales are {scales.dtype}, the description says {spec.scale_dtype}")
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise DTypeError(f"cannot dequantize to {dtype}; choose float32, float16 or bfloat16")
-    s = _per_value(scales.reshape(spec.scales_shape).float(), spec)
-    p = packed.reshape(spec.packed_shape)
-    if spec.scheme == "int8":
-        v = p.to(torch.float32) * s
-    else:
-        if zeros is None:
-            raise QuantizeError("int4 dequantization needs the zero points")
-        nib = torch.stack([p & 0xF, p >> 4], dim=-1).reshape(spec.rows, -1)[:, : spec.cols]
-        z = _per_value(zeros.reshape(spec.scales_shape).to(torch.int32), spec)
-        v = (nib.to(torch.int32) - z).to(torch.float32) * s
-    return v.to(dtype).reshape(spec.shape)
+
+    packed: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor | None
+    spec: QuantSpec
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The logical (dequantized) shape."""
+        return self.spec.shape
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size()
+                   for t in (self.packed, self.scales, self.zeros) if t is not None)
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The values in ``dtype`` (default: the original dtype; float64 as float32), on the
+        parts' device; the same bits as ``load`` gives."""
+        default = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+        return dequantize_torch(self.packed, self.scales, self.zeros, self.spec,
+                                dtype or default.get(self.spec.dtype, torch.float32))

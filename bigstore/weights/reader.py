@@ -1,10 +1,15 @@
-"""Reading tensors: ``open`` -> TensorStore -> lazy TensorHandle; ``load`` for everything."""
+"""Reading tensors: ``open`` -> TensorStore -> lazy TensorHandle; ``load`` for everything.
+
+Quantized tensors read as their logical dtype (dequantized by the chunk reader on the CPU, by
+torch on the destination device for ``device="cuda"``: the packed bytes cross the bus), or as
+their parts (:class:`~bigstore.weights.quantize.PackedTensor`) with ``dequantize=False``.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -14,9 +19,17 @@ from ..errors import (
     BigstoreError,
     InvalidIndexError,
     MissingTensorError,
+    NotAStoreError,
     StoreNotFoundError,
 )
-from ..format import ROOT_KEY, ArrayLayout, read_root
+from ..format import (
+    ROOT_KEY,
+    ArrayLayout,
+    QuantizedLayout,
+    QuantSpec,
+    is_quantized_doc,
+    read_root,
+)
 from ..format.safetensors import open_weights
 from ..io import (
     ChunkReader,
@@ -27,12 +40,14 @@ from ..io import (
     host_buffer,
     mappable,
 )
+from ..io.dequant import dequantize_into
 from ..plan.index import Rows, select_rows
 from ..progress import progress_bar
 from ..store import Store
 from ._arrays import from_storage_array
+from .quantize import PackedTensor
 
-__all__ = ["TensorHandle", "TensorStore", "load", "load_numpy", "open"]
+__all__ = ["TensorHandle", "TensorStore", "load", "load_numpy", "open", "parse_layouts"]
 
 _TAKE_BYTES = 256 << 20  # rows gathered by index are read through spans of at most this much
 
@@ -63,11 +78,7 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         except StoreNotFoundError:
             version = None
         root = read_root(store, expect_kind="tensors")
-        layouts = {
-            name: ArrayLayout.from_json(name, doc, f"{store.url}/{name}/zarr.json")
-            for name, doc in root.arrays.items()
-        }
-        return cls(store, layouts, config or ReadConfig(), version)
+        return cls(store, parse_layouts(store.url, root.arrays), config or ReadConfig(), version)
 
     # -- mapping ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> TensorHandle:
@@ -83,15 +94,34 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         return f"TensorStore({self.store.url!r}, {len(self)} tensors, {self.nbytes} bytes)"
 
     def meta(self, name: str) -> ArrayLayout:
-        """The layout of tensor ``name`` (shape, dtype, chunking, codec)."""
+        """The layout of tensor ``name``: its logical shape, dtype, ``nbytes`` and chunking.
+
+        A quantized tensor's layout is a :class:`~bigstore.format.QuantizedLayout` (a subclass):
+        ``quant`` (the scheme), ``parts`` / ``part_spans(start, stop)`` (the stored arrays and
+        the rows of each that hold given logical rows) and ``stored_nbytes``. Reading it through
+        ``reader.read_rows`` fills the caller's buffer with the dequantized values; a device
+        filler can move the parts instead and call ``bigstore.io.dequant.dequantize_into``.
+        """
         try:
             return self._layouts[name]
         except KeyError:
             raise MissingTensorError(f"no tensor {name!r} in {self.store.url}") from None
 
+    def quantization(self, name: str) -> QuantSpec | None:
+        """How tensor ``name`` is quantized, or None when it is stored as it is."""
+        m = self.meta(name)
+        return m.quant if isinstance(m, QuantizedLayout) else None
+
     @property
     def nbytes(self) -> int:
+        """Bytes of every tensor in its logical dtype (what ``load`` returns)."""
         return sum(m.nbytes for m in self._layouts.values())
+
+    @property
+    def stored_nbytes(self) -> int:
+        """Bytes of every tensor as stored, before chunk compression (quantized: the parts)."""
+        return sum(m.stored_nbytes if isinstance(m, QuantizedLayout) else m.nbytes
+                   for m in self._layouts.values())
 
     def close(self) -> None:
         self.store.close()
@@ -127,14 +157,36 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         *,
         device: str | torch.device = "cpu",
         mmap: bool | None = None,
+        dequantize: bool = True,
         progress: Any = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         """Read tensors whole. ``mmap`` (default: on for uncompressed local stores loaded to the
         CPU) maps chunk files into the tensors with zero copies; with ``verify`` on, every chunk
-        is still checked against its crc32c before this returns."""
+        is still checked against its crc32c before this returns.
+
+        Quantized tensors come back dequantized into their logical dtype (on the CPU by the
+        reader's numba kernels; on another device by torch there, after copying only the
+        packed parts), or as :class:`PackedTensor` parts with ``dequantize=False``."""
         names = list(self._layouts) if names is None else list(names)
         metas = [self.meta(n) for n in names]
         dev = torch.device(device)
+        quantized = [m for m in metas if isinstance(m, QuantizedLayout)]
+        metas = [m for m in metas if not isinstance(m, QuantizedLayout)]
+        out: dict[str, Any] = {}
+        if quantized and (not dequantize or dev.type != "cpu"):
+            parts = [lay for q in quantized for _, lay in q.parts]
+            got = self._load_plain(parts, dev, mmap, progress)
+            for q in quantized:
+                packed = PackedTensor(got[f"{q.path}/packed"], got[f"{q.path}/scales"],
+                                      got.get(f"{q.path}/zeros"), q.quant)
+                out[q.path] = packed if not dequantize else self._dequantize_on(q, packed, dev)
+        else:
+            metas += quantized  # the reader dequantizes them on the CPU
+        out.update(self._load_plain(metas, dev, mmap, progress))
+        return {n: out[n] for n in names}
+
+    def _load_plain(self, metas: list[ArrayLayout], dev: torch.device, mmap: bool | None,
+                    progress: Any) -> dict[str, torch.Tensor]:
         use_map = dev.type == "cpu" if mmap is None else mmap
         out: dict[str, torch.Tensor] = {}
         if use_map:
@@ -142,7 +194,17 @@ class TensorStore(Mapping[str, "TensorHandle"]):
             out.update(self._load_mapped(mapped, progress))
             metas = [m for m in metas if m.name not in out]
         out.update(self._load_copied(metas, dev, progress))
-        return {n: out[n] for n in names}
+        return out
+
+    @staticmethod
+    def _dequantize_on(q: QuantizedLayout, packed: PackedTensor, dev: torch.device
+                       ) -> torch.Tensor:
+        """The parts are on ``dev`` already: dequantize there, into the logical dtype."""
+        out = torch.empty(q.shape, dtype=q.dtype.torch, device=dev)
+        parts = {"packed": packed.packed, "scales": packed.scales}
+        if packed.zeros is not None:
+            parts["zeros"] = packed.zeros
+        return dequantize_into(q, parts, out)
 
     def _load_mapped(self, metas: list[ArrayLayout], progress: Any) -> dict[str, torch.Tensor]:
         arrays = {m.name: MappedArray(self.store, m, populate=True) for m in metas}
@@ -207,6 +269,19 @@ class TensorHandle:
     @property
     def dtype_name(self) -> str:
         return self.meta.dtype.name
+
+    @property
+    def quantization(self) -> QuantSpec | None:
+        """How the tensor is quantized (None: stored as it is). Reads return it dequantized."""
+        return self.meta.quant if isinstance(self.meta, QuantizedLayout) else None
+
+    def packed(self, device: str | torch.device = "cpu") -> PackedTensor:
+        """A quantized tensor's stored parts, for quantized kernels."""
+        if not isinstance(self.meta, QuantizedLayout):
+            raise BigstoreError(f"tensor {self.name!r} is not quantized")
+        got = self._owner.load([self.name], device=device, dequantize=False)[self.name]
+        assert isinstance(got, PackedTensor)
+        return got
 
     def __len__(self) -> int:
         if not self.meta.shape:
@@ -326,6 +401,24 @@ def open(
     return TensorStore.open(url, storage_options=storage_options, config=config)
 
 
+@overload
+def load(
+    url: str | os.PathLike[str], *, device: str | torch.device = ...,
+    names: Sequence[str] | None = ..., storage_options: Mapping[str, Any] | None = ...,
+    config: ReadConfig | None = ..., mmap: bool | None = ..., dequantize: Literal[True] = ...,
+    progress: bool = ...,
+) -> dict[str, torch.Tensor]: ...
+
+
+@overload
+def load(
+    url: str | os.PathLike[str], *, device: str | torch.device = ...,
+    names: Sequence[str] | None = ..., storage_options: Mapping[str, Any] | None = ...,
+    config: ReadConfig | None = ..., mmap: bool | None = ..., dequantize: bool,
+    progress: bool = ...,
+) -> dict[str, torch.Tensor | PackedTensor]: ...
+
+
 def load(
     url: str | os.PathLike[str],
     *,
@@ -334,17 +427,20 @@ def load(
     storage_options: Mapping[str, Any] | None = None,
     config: ReadConfig | None = None,
     mmap: bool | None = None,
+    dequantize: bool = True,
     progress: bool = False,
-) -> dict[str, torch.Tensor]:
+) -> dict[str, Any]:
     """Every tensor (or ``names``) of the store at ``url`` as torch tensors on ``device``.
 
     Uncompressed local stores loaded to the CPU are memory-mapped (zero copies; writes to the
-    tensors stay private to the process); pass ``mmap=False`` for private copies."""
+    tensors stay private to the process); pass ``mmap=False`` for private copies. Quantized
+    tensors come back dequantized into their original dtype; with ``dequantize=False`` as
+    :class:`~bigstore.weights.quantize.PackedTensor` parts (packed values, scales, zeros)."""
     with TensorStore.open(url, storage_options=storage_options, config=config) as ts:
         total = sum(ts.meta(n).nbytes for n in (names or list(ts)))
         bar = progress_bar(progress, f"load {ts.store.url}", total)
         try:
-            return ts.load(names, device=device, mmap=mmap, progress=bar)
+            return ts.load(names, device=device, mmap=mmap, dequantize=dequantize, progress=bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -360,3 +456,22 @@ def load_numpy(
     """Like :func:`load`, as numpy arrays (bfloat16 and float8 as their raw uint bits)."""
     with TensorStore.open(url, storage_options=storage_options, config=config) as ts:
         return {n: ts[n].numpy() for n in (names if names is not None else list(ts))}
+
+
+def parse_layouts(url: str, docs: Mapping[str, Any]) -> dict[str, ArrayLayout]:
+    """Tensor name -> layout, from the root's consolidated metadata (path -> document).
+
+    Arrays are plain tensors; a group with ``attributes.bigstore.quantized`` is a quantized
+    tensor, and the arrays under it (``<name>/packed`` ...) are its parts, not tensors."""
+    out: dict[str, ArrayLayout] = {}
+    for path, doc in docs.items():
+        where = f"{url}/{path}/zarr.json"
+        if is_quantized_doc(doc):
+            out[path] = QuantizedLayout.from_docs(path, doc, docs, f"{url}/{path}")
+        elif "/" in path:
+            parent = path.rsplit("/", 1)[0]
+            if not is_quantized_doc(docs.get(parent)):
+                raise NotAStoreError(f"{where}: {path!r} is not a tensor of this store")
+        else:
+            out[path] = ArrayLayout.from_json(path, doc, where)
+    return out

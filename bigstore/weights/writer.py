@@ -1,4 +1,8 @@
-"""Streaming, crash-safe tensor writes: tensor by tensor into a staging store, then publish."""
+"""Streaming, crash-safe tensor writes: tensor by tensor into a staging store, then publish.
+
+With ``WriteConfig.quantize`` the tensors its policy selects are stored group-wise quantized
+(a Zarr group of parts per tensor, see ``bigstore/format/quantized.py``); the rest as they are.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,23 @@ from typing import Any
 
 import numpy as np
 
-from ..config import WriteConfig, parse_bytes
+from ..config import QuantizeConfig, WriteConfig, parse_bytes
 from ..errors import BigstoreError, InvalidKeyError
-from ..format import ArrayLayout, check_name, choose_chunk_rows, parse_codec, write_root
+from ..format import (
+    QUANTIZED_VERSION,
+    ArrayLayout,
+    QuantizedLayout,
+    check_name,
+    choose_chunk_rows,
+    parse_codec,
+    write_root,
+)
 from ..io import get_executor
 from ..progress import progress_bar
 from ..store import Store, open_store
 from ..store.publish import check_replaceable, discard, make_staging, publish
 from ._arrays import to_storage_array
+from .quantize import QuantizedTensor, quantize_tensor, should_quantize
 
 __all__ = ["TensorWriter", "save"]
 
@@ -80,7 +93,11 @@ class TensorWriter:
         stage, self._stage = self._stage, None
         target = self._target
         try:
-            write_root(stage, "tensors", {"tensors": len(self._metas)}, self._docs)
+            # quantized tensors are groups: a reader that predates them must refuse the store
+            quantized = any(isinstance(m, QuantizedLayout) for m in self._metas.values())
+            version = QUANTIZED_VERSION if quantized else 1
+            write_root(stage, "tensors", {"tensors": len(self._metas)}, self._docs,
+                       version=version)
             with target.write_lock(self.config.lock_timeout):
                 # checked again under the lock: another writer may have committed meanwhile
                 check_replaceable(target, "tensors", overwrite=self.overwrite)
@@ -108,22 +125,49 @@ class TensorWriter:
 
     # -- writing ------------------------------------------------------------------------------
     def write(self, name: str, tensor: Any) -> ArrayLayout:
-        """Store one tensor (numpy array or torch tensor, any supported dtype) under ``name``."""
+        """Store one tensor (numpy array or torch tensor, any supported dtype) under ``name``;
+        quantized when ``config.quantize`` is set and its policy selects the tensor."""
+        stage = self._open_for(name)
+        arr, spec = to_storage_array(name, tensor)
+        shape = tuple(int(d) for d in arr.shape)
+        q = self.config.quantize
+        if q is not None and should_quantize(name, shape, spec.name, q):
+            return self.write_quantized(name, quantize_tensor(
+                name, arr, scheme=q.scheme, group_size=q.group_size, scale_dtype=q.scale_dtype,
+                dtype=spec.name))
+        rows = choose_chunk_rows(shape, spec.itemsize, self.config.chunk_bytes)
+        meta = ArrayLayout(name, shape, spec, rows, self._codec.bind(spec.itemsize))
+        self._write_chunks(stage, meta, arr)
+        doc = meta.to_json()
+        stage.put(meta.meta_key, _json_bytes(doc))
+        self._metas[name] = meta
+        self._docs[name] = doc
+        return meta
+
+    def write_quantized(self, name: str, q: QuantizedTensor) -> QuantizedLayout:
+        """Store an already quantized tensor's parts under ``name`` (a group of arrays)."""
+        stage = self._open_for(name)
+        q.check(name)
+        meta = QuantizedLayout.build(name, q.spec, self.config.chunk_bytes, self._codec)
+        arrays = {"packed": q.packed, "scales": q.scales, "zeros": q.zeros}
+        for part, lay in meta.parts:
+            arr = arrays[part]
+            assert arr is not None  # q.check() above
+            self._write_chunks(stage, lay, arr.view(lay.dtype.storage))
+        docs = meta.docs()
+        for path, doc in docs.items():
+            stage.put(f"{path}/zarr.json", _json_bytes(doc))
+        self._metas[name] = meta
+        self._docs.update(docs)
+        return meta
+
+    def _open_for(self, name: str) -> Store:
         if self._stage is None:
             raise BigstoreError("TensorWriter.write() outside an open write (use `with`)")
         check_name(name)
         if name in self._metas or name in self._files:
             raise InvalidKeyError(f"tensor {name!r} written twice")
-        arr, spec = to_storage_array(name, tensor)
-        shape = tuple(int(d) for d in arr.shape)
-        rows = choose_chunk_rows(shape, spec.itemsize, self.config.chunk_bytes)
-        meta = ArrayLayout(name, shape, spec, rows, self._codec)
-        self._write_chunks(self._stage, meta, arr)
-        doc = meta.to_json()
-        self._stage.put(meta.meta_key, _json_bytes(doc))
-        self._metas[name] = meta
-        self._docs[name] = doc
-        return meta
+        return self._stage
 
     def _write_chunks(self, stage: Store, meta: ArrayLayout, arr: np.ndarray[Any, Any]) -> None:
         flat = arr.reshape(-1).view(np.uint8) if arr.size else np.empty(0, np.uint8)
@@ -135,7 +179,7 @@ class TensorWriter:
                 padded = np.zeros(meta.chunk_nbytes, np.uint8)
                 padded[:valid] = flat[i * meta.chunk_nbytes :]
                 body = memoryview(padded)
-            stage.put(meta.chunk_key(i), self._codec.encode(body))
+            stage.put(meta.chunk_key(i), meta.codec.encode(body, where=meta.where(i)))
             return valid
 
         ex = get_executor()
@@ -161,6 +205,7 @@ def save(
     overwrite: bool = False,
     durable: bool = WriteConfig.durable,
     files: Mapping[str, bytes] | None = None,
+    quantize: QuantizeConfig | str | None = WriteConfig.quantize,
 ) -> dict[str, ArrayLayout]:
     """Write ``tensors`` (a mapping or an iterable of ``(name, tensor)`` pairs) to ``url``.
 
@@ -168,10 +213,16 @@ def save(
     in memory all at once. The store appears at ``url`` atomically when all are written; on any
     error the previous store at ``url`` (if any) is left as it was. Replacing a bigstore dataset
     with tensors needs ``overwrite=True``. ``durable``: fsync before the commit (see
-    :class:`~bigstore.config.WriteConfig`). ``files``: companion files kept at the store's
-    root (see :meth:`TensorWriter.put_file`).
+    :class:`~bigstore.config.WriteConfig`). ``codec="lossless"`` compresses bit-exactly;
+    ``quantize`` ("int8", "int4" or a :class:`~bigstore.config.QuantizeConfig`) stores the
+    tensors its policy selects group-wise quantized. ``files``: companion files kept at the
+    store's root (see :meth:`TensorWriter.put_file`).
     """
-    config = WriteConfig(chunk_bytes=parse_bytes(chunk_bytes), codec=codec, durable=durable)
+    if isinstance(quantize, str):
+        quantize = QuantizeConfig(scheme=quantize)
+    parse_codec(codec)  # a bad codec fails before anything is written
+    config = WriteConfig(chunk_bytes=parse_bytes(chunk_bytes), codec=codec, durable=durable,
+                         quantize=quantize)
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
     bar = progress_bar(progress, f"save {os.fspath(url)}")
     try:

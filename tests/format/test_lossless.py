@@ -11,10 +11,10 @@ import pytest
 import torch
 import zarr
 
+from bigstore.config import LosslessConfig
 from bigstore.errors import CorruptChunkError, TruncatedChunkError, UnsupportedCodecError
 from bigstore.format import lossless
-from bigstore.format.codecs import crc32c_of
-from bigstore.format.lossless import LosslessCodec
+from bigstore.format.codecs import ChunkCodec, crc32c_of
 
 Arr = np.ndarray[Any, Any]
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
@@ -102,13 +102,13 @@ def test_bad_input_and_damaged_frames_are_refused_by_name() -> None:
     with pytest.raises(TruncatedChunkError):
         lossless.encode(b"abc", 2)
     with pytest.raises(UnsupportedCodecError):
-        LosslessCodec(clevel=0)
+        LosslessConfig(clevel=0)
     with pytest.raises(UnsupportedCodecError):
-        LosslessCodec(shuffle="zigzag")
+        LosslessConfig(shuffle="zigzag")
 
 
 def _write_array(root: Path, storage: Arr, logical: str, chunk_rows: int,
-                 codec: LosslessCodec) -> list[bool]:
+                 config: LosslessConfig) -> list[bool]:
     """An array written by hand (chunk files + zarr.json) the way a bigstore store lays it out:
     bytes -> blosc -> crc32c, chunked along axis 0. Returns which chunks were stored raw."""
     from zarr.core.dtype import parse_data_type
@@ -120,7 +120,8 @@ def _write_array(root: Path, storage: Arr, logical: str, chunk_rows: int,
         shape=storage.shape, data_type=parse_data_type(storage.dtype, zarr_format=3),
         chunk_grid={"name": "regular", "configuration": {"chunk_shape": [chunk_rows, cols]}},
         chunk_key_encoding={"name": "default", "configuration": {"separator": "/"}},
-        fill_value=0, codecs=codec.zarr_codecs(storage.itemsize),
+        fill_value=0,
+        codecs=ChunkCodec.lossless(config).bind(storage.itemsize).zarr_codecs(),
         attributes={"bigstore": {"dtype": logical}}, dimension_names=None,
     )
     (root / "zarr.json").write_text(json.dumps(md.to_dict(), default=str))
@@ -129,7 +130,9 @@ def _write_array(root: Path, storage: Arr, logical: str, chunk_rows: int,
         chunk = np.zeros((chunk_rows, cols), storage.dtype)  # zarr pads the edge chunk
         part = storage[i * chunk_rows:(i + 1) * chunk_rows]
         chunk[: len(part)] = part
-        frame = codec.encode(chunk, storage.itemsize, where=f"chunk {i}")
+        frame = lossless.encode(chunk, storage.itemsize, clevel=config.clevel,
+                                blocksize=config.blocksize, min_saving=config.min_saving,
+                                shuffle=config.shuffle, where=f"chunk {i}")
         raw.append(lossless.frame_info(frame).memcpyed)
         crc = np.array([crc32c_of([frame])], "<u4").tobytes()
         path = root / "c" / str(i) / "0"
@@ -143,7 +146,7 @@ def test_zarr_python_reads_the_chain_on_its_own(tmp_path: Path, dtype: str) -> N
     normal = _values(dtype, "normal", 64 * 40).reshape(64, 40)
     noise = _values(dtype, "random", 64 * 40).reshape(64, 40)
     storage = np.concatenate([normal, noise, normal[:10]])  # 138 rows, chunks of 64
-    raw = _write_array(tmp_path / "w", storage, dtype, 64, LosslessCodec())
+    raw = _write_array(tmp_path / "w", storage, dtype, 64, LosslessConfig())
     assert raw == [False, True, False]  # one chain, raw or compressed per chunk
     arr = zarr.open_array(str(tmp_path / "w"), mode="r")
     got = arr[...]

@@ -1,0 +1,314 @@
+"""Quantized stores: bigstore.quantize / convert --quantize, reads dequantized through the store
+(whole, rows, devices), the packed parts as plain Zarr arrays, offload == resident, damage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch import nn
+
+import bigstore
+from bigstore.cli import main as cli
+from bigstore.errors import ChecksumError, MissingTensorError
+from bigstore.format import QuantizedLayout
+from bigstore.io import RowRequest
+from bigstore.io.dequant import dequantize_into
+from bigstore.weights.offload import offload, skeleton, unique_state_dict
+
+HALF_ULP = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8, "float64": 2.0**-24}
+
+
+def _weights(dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w = {
+        "model.embed_tokens.weight": torch.randn(300, 160, generator=g),
+        "model.layers.0.mlp.up_proj.weight": torch.randn(300, 160, generator=g) * 0.02,
+        "model.layers.0.mlp.down_proj.weight": torch.randn(160, 300, generator=g) * 0.02,
+        "model.layers.0.input_layernorm.weight": torch.rand(160, generator=g),
+        "model.layers.0.mlp.up_proj.bias": torch.randn(300, generator=g),
+        "lm_head.weight": torch.randn(300, 160, generator=g),
+    }
+    w["model.layers.0.mlp.down_proj.weight"][3, 17] = 0.5  # an outlier group
+    w["model.layers.0.mlp.up_proj.weight"][7] = 0.25  # constant groups
+    return {k: v.to(dtype) for k, v in w.items()}
+
+
+QUANTIZED = ("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight")
+
+
+def _bits(t: torch.Tensor) -> bytes:
+    if t.numel() == 0:
+        return b""
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _check_bound(x: torch.Tensor, deq: torch.Tensor, parts: bigstore.PackedTensor) -> None:
+    """Every group: |x - deq| <= s/2 + levels * |s - s_exact| (s the stored scale) + the final
+    rounding into the output dtype."""
+    spec = parts.spec
+    x64 = x.double().reshape(spec.rows, spec.cols).numpy()
+    d64 = deq.double().reshape(spec.rows, spec.cols).numpy()
+    s = parts.scales.double().numpy()
+    half_ulp = HALF_ULP[spec.dtype]
+    for gi in range(spec.n_groups):
+        sl = slice(gi * spec.group_size, min(spec.cols, (gi + 1) * spec.group_size))
+        xs = x64[:, sl]
+        if spec.scheme == "int8":
+            levels, exact = 127, np.abs(xs).max(axis=1) / 127
+        else:
+            levels = 15
+            exact = (np.maximum(xs.max(axis=1), 0) - np.minimum(xs.min(axis=1), 0)) / 15
+        bound = s[:, gi] / 2 + levels * np.abs(s[:, gi] - exact)
+        err = np.abs(xs - d64[:, sl])
+        limit = bound[:, None] * (1 + 1e-6) + np.abs(d64[:, sl]) * half_ulp + 2.0**-24
+        assert np.all(err <= limit), (gi, float((err - limit).max()))
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_quantize_a_checkpoint_error_within_the_bound_for_every_group(
+        tmp_path: Path, scheme: str, dtype: torch.dtype) -> None:
+    from safetensors.torch import save_file
+
+    w = _weights(dtype)
+    save_file(w, str(tmp_path / "m.safetensors"))
+    url = str(tmp_path / "q")
+    summary = bigstore.quantize(str(tmp_path / "m.safetensors"), url, scheme, 64,
+                                chunk_bytes="8KiB")
+    assert summary["quantized"] == 2 and summary["stored_nbytes"] < summary["nbytes"]
+    back = bigstore.load(url)
+    parts = bigstore.load(url, dequantize=False)
+    for name, x in w.items():
+        assert back[name].dtype == dtype and back[name].shape == x.shape
+        if name not in QUANTIZED:  # embeddings, norms, biases, heads: exactly as they were
+            assert _bits(back[name]) == _bits(x), name
+            assert isinstance(parts[name], torch.Tensor)
+            continue
+        p = parts[name]
+        assert isinstance(p, bigstore.PackedTensor) and p.spec.scheme == scheme
+        assert p.packed.dtype == (torch.int8 if scheme == "int8" else torch.uint8)
+        assert p.scales.dtype == torch.float16 and (p.zeros is None) == (scheme == "int8")
+        _check_bound(x, back[name], p)
+        assert _bits(p.dequantize()) == _bits(back[name])  # torch twin == numba, bit for bit
+    with bigstore.open(url) as ts:
+        lay = ts.meta(QUANTIZED[0])
+        assert isinstance(lay, QuantizedLayout) and lay.n_chunks > 1  # several chunks read
+        assert ts.quantization(QUANTIZED[0]) == lay.quant
+        assert ts.quantization("lm_head.weight") is None
+        assert ts.stored_nbytes < ts.nbytes
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, torch.Tensor]]:
+    """Shapes the default policy skips, forced in: 3-D, a vector, float64, short last groups."""
+    g = torch.Generator().manual_seed(3)
+    w = {
+        "conv.weight": torch.randn(9, 6, 40, generator=g).bfloat16(),
+        "vec": torch.randn(100, generator=g).half(),
+        "wide.weight": torch.randn(70, 131, generator=g, dtype=torch.float64),
+        "keep": torch.arange(12, dtype=torch.int32),
+    }
+    url = str(tmp_path_factory.mktemp("odd") / "q")
+    bigstore.quantize(w, url, "int4", 16, include=("conv.*", "vec", "wide.*"), chunk_bytes=512)
+    return url, w
+
+
+def test_odd_shapes_quantize_within_the_bound(odd: tuple[str, dict[str, torch.Tensor]]) -> None:
+    url, w = odd
+    back = bigstore.load(url)
+    parts = bigstore.load(url, dequantize=False)
+    assert _bits(back["keep"]) == _bits(w["keep"])
+    for name in ("conv.weight", "vec", "wide.weight"):
+        assert back[name].dtype == w[name].dtype and back[name].shape == w[name].shape
+        p = parts[name]
+        assert isinstance(p, bigstore.PackedTensor)
+        _check_bound(w[name], back[name], p)
+    # float64 comes back as the float32 values, widened exactly
+    assert torch.equal(back["wide.weight"], back["wide.weight"].float().double())
+
+
+@pytest.mark.parametrize("rows", [(0, 1), (2, 7), (3, 9), (0, 9), (8, 9), (4, 4)])
+def test_rows_read_only_their_parts_and_equal_the_whole(
+        odd: tuple[str, dict[str, torch.Tensor]], rows: tuple[int, int]) -> None:
+    url, _ = odd
+    a, b = rows
+    whole = bigstore.load(url)
+    with bigstore.open(url) as ts:
+        lay = ts.meta("conv.weight")
+        assert isinstance(lay, QuantizedLayout)
+        assert lay.n_chunks == 3 and lay.part_rows_per_row == 6
+        assert _bits(ts["conv.weight"][a:b].torch()) == _bits(whole["conv.weight"][a:b])
+        assert _bits(ts["wide.weight"][a * 7:b * 7].torch()) == _bits(
+            whole["wide.weight"][a * 7:b * 7])
+        assert _bits(ts["vec"][a * 11:b * 11].torch()) == _bits(whole["vec"][a * 11:b * 11])
+        if a < 9:
+            assert _bits(ts["conv.weight"][a].torch()) == _bits(whole["conv.weight"][a])
+        assert ts["conv.weight"].quantization is not None
+        assert _bits(ts["conv.weight"].packed().dequantize()) == _bits(whole["conv.weight"])
+
+
+def test_device_filler_function_matches_the_reader(
+        odd: tuple[str, dict[str, torch.Tensor]]) -> None:
+    """What the CUDA filler does (parts' bytes -> device -> torch dequantize), on CPU tensors."""
+    url, _ = odd
+    whole = bigstore.load(url)
+    with bigstore.open(url) as ts:
+        for name, (a, b) in (("conv.weight", (2, 7)), ("vec", (10, 60)),
+                             ("wide.weight", (0, 70))):
+            lay = ts.meta(name)
+            assert isinstance(lay, QuantizedLayout)
+            parts = {}
+            for span in lay.part_spans(a, b):
+                buf = torch.empty(span.nbytes, dtype=torch.uint8)
+                ts.reader.read_rows([RowRequest(span.layout, span.start, span.stop,
+                                                memoryview(buf.numpy()))])
+                parts[span.part] = buf
+            as_bytes = torch.empty((b - a) * lay.row_bytes, dtype=torch.uint8)
+            got = dequantize_into(lay, parts, as_bytes, a, b)
+            assert got.dtype == whole[name].dtype and _bits(got) == _bits(whole[name][a:b])
+            typed = torch.empty_like(whole[name][a:b])
+            dequantize_into(lay, parts, typed, a, b)
+            assert _bits(typed) == _bits(whole[name][a:b])
+
+
+def test_the_parts_are_plain_zarr_arrays(odd: tuple[str, dict[str, torch.Tensor]]) -> None:
+    url, _ = odd
+    parts = bigstore.load(url, dequantize=False)
+    root = zarr.open_group(url, mode="r")
+    for name in ("conv.weight", "vec", "wide.weight"):
+        p = parts[name]
+        assert isinstance(p, bigstore.PackedTensor)
+        group = root[name]
+        assert isinstance(group, zarr.Group)
+        desc = dict(group.attrs)["bigstore"]["quantized"]
+        assert desc == p.spec.to_json()
+        assert np.array_equal(np.asarray(group["packed"][...]), p.packed.numpy())
+        assert np.array_equal(np.asarray(group["zeros"][...]), p.zeros.numpy())  # type: ignore[union-attr]
+        assert np.asarray(group["scales"][...]).tobytes() == _bits(p.scales)
+    doc = json.loads((Path(url) / "zarr.json").read_text())
+    assert doc["attributes"]["bigstore"]["format_version"] == 2  # older readers refuse it
+
+
+def test_quantized_chunk_damage_is_detected(tmp_path: Path) -> None:
+    url = str(tmp_path / "q")
+    bigstore.save(_weights(torch.bfloat16), url, quantize="int4", chunk_bytes="8KiB")
+    name = QUANTIZED[0]
+    for part in ("packed", "scales"):
+        f = Path(url) / name / part / "c" / "0" / "0"
+        raw = bytearray(f.read_bytes())
+        raw[5] ^= 0x01
+        f.write_bytes(bytes(raw))
+        with pytest.raises(ChecksumError, match=rf"{name}/{part}.*chunk 0"):
+            bigstore.load(url, names=[name])
+        with bigstore.open(url) as ts, pytest.raises(ChecksumError, match=name):
+            ts[name][0:3].numpy()
+        raw[5] ^= 0x01
+        f.write_bytes(bytes(raw))
+    f = Path(url) / name / "zeros" / "c" / "1" / "0"
+    f.write_bytes(f.read_bytes()[:-1])
+    report = bigstore.verify(url)
+    assert report.corrupted_tensors == [f"{name}/zeros"]
+
+
+def test_convert_cli_quantize_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import save_file
+
+    w = _weights(torch.bfloat16)
+    save_file(w, str(tmp_path / "m.safetensors"))
+    rc = cli(["convert", str(tmp_path / "m.safetensors"), str(tmp_path / "q"), "--quantize",
+              "int4", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["quantized"] == 2
+    with bigstore.open(str(tmp_path / "q")) as ts:
+        assert {n for n in ts if ts.quantization(n)} == set(QUANTIZED)
+        with pytest.raises(MissingTensorError):
+            ts.meta(f"{QUANTIZED[0]}/packed")  # parts are not tensors of their own
+
+
+# -- offload ----------------------------------------------------------------------------------
+D, V, L = 64, 50, 4
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(D, 2 * D)
+        self.fc2 = nn.Linear(2 * D, D)
+        self.norm = nn.LayerNorm(D)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.fc2(torch.relu(self.fc1(self.norm(h))))
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(V, D)
+        self.blocks = nn.ModuleList(Block() for _ in range(L))
+        self.head = nn.Linear(D, V, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.emb(x)
+        for b in self.blocks:
+            h = b(h)
+        return self.head(h)
+
+
+@pytest.fixture(scope="module", params=["int8", "int4"])
+def qnet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> tuple[str, Net]:
+    """A quantized store, and the resident model loaded from that same store."""
+    torch.manual_seed(0)
+    src = Net().bfloat16().eval()
+    url = str(tmp_path_factory.mktemp("qnet") / "net")
+    bigstore.quantize(unique_state_dict(src), url, request.param, 16,
+                      include=("blocks.*.fc*.weight",))
+    resident = Net().bfloat16().eval()
+    missing, unexpected = resident.load_state_dict(bigstore.load(url), strict=False)
+    assert missing == ["head.weight"] and not unexpected  # tied to emb.weight
+    with bigstore.open(url) as ts:
+        assert sum(1 for n in ts if ts.quantization(n)) == 2 * L
+    return url, resident
+
+
+@pytest.mark.parametrize("budget_units", [1, 2, 100])
+def test_offload_of_a_quantized_store_equals_the_resident_model(
+        qnet: tuple[str, Net], budget_units: int) -> None:
+    url, resident = qnet
+    with skeleton():
+        sk = Net().bfloat16().eval()
+    with offload(sk, url, device="cpu", budget="1GiB") as probe:
+        sizes = sorted((st.nbytes for st in probe.pager.units), reverse=True)
+        fixed = probe.pager.fixed_bytes
+    budget = fixed + sum(sizes[:budget_units]) + sizes[0]
+    g = torch.Generator().manual_seed(1)
+    inputs: list[Any] = [torch.randint(0, V, (2, n), generator=g) for n in (5, 1, 3)]
+    with offload(sk, url, device="cpu", budget=budget, prefetch=2) as m, torch.no_grad():
+        for x in inputs:
+            assert torch.equal(m(x), resident(x))
+        assert m.stats.peak_resident_bytes <= budget
+        if budget_units == 1:
+            assert m.stats.evictions > 0
+
+
+@pytest.mark.gpu
+def test_cuda_load_moves_the_parts_and_dequantizes_there(
+        odd: tuple[str, dict[str, torch.Tensor]]) -> None:
+    url, _ = odd
+    cpu = bigstore.load(url)
+    gpu = bigstore.load(url, device="cuda")
+    for name, t in cpu.items():
+        assert gpu[name].device.type == "cuda"
+        assert _bits(gpu[name].cpu()) == _bits(t), name
+    parts = bigstore.load(url, device="cuda", dequantize=False)
+    p = parts["conv.weight"]
+    assert isinstance(p, bigstore.PackedTensor) and p.packed.device.type == "cuda"
+    assert _bits(p.dequantize().cpu()) == _bits(cpu["conv.weight"])
