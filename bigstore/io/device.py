@@ -24,15 +24,16 @@ from __future__ import annotations
 import queue
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..format import ArrayLayout
+from ..format import ArrayLayout, QuantizedLayout
 from .buffers import host_buffer, pinned_buffer
 from .mapping import MappedArray, mappable
 from .producer import Worker
@@ -104,11 +105,40 @@ class HostCopy:
     """A unit's bytes kept in host RAM between uses (the host tier).
 
     CPU: the tensors its parameters point to (views of file mappings kept alive, or of
-    anonymous buffers). CUDA: one pinned buffer laid out like the device buffer.
+    anonymous buffers). CUDA: one pinned buffer laid out like the device buffer - or, for a
+    unit with quantized tensors, holding their packed parts as stored (``packed``), decoded
+    on the device at each fill.
     """
 
     nbytes: int
     tensors: list[torch.Tensor]
+    packed: list[_Piece] | None = None
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One run of bytes of a packed transfer: request ``req``'s tensor (``part`` None) or one
+    part span of its quantized tensor, at ``host`` in the pinned buffer."""
+
+    req: int
+    part: Any  # a PartSpan, or None for a plain tensor
+    host: int
+    nbytes: int
+
+
+def _packed_plan(requests: Sequence[FillRequest]) -> tuple[list[_Piece], int]:
+    """Where each tensor (and each quantized tensor's parts) goes in a packed pinned buffer."""
+    pieces: list[_Piece] = []
+    off = 0
+    for i, r in enumerate(requests):
+        if isinstance(r.layout, QuantizedLayout):
+            for span in r.layout.part_spans(0, r.layout.rows):
+                pieces.append(_Piece(i, span, off, span.nbytes))
+                off += span.nbytes
+        elif r.nbytes:
+            pieces.append(_Piece(i, None, off, r.nbytes))
+            off += r.nbytes
+    return pieces, off
 
 
 @dataclass
@@ -339,9 +369,16 @@ class CudaFiller(Filler):
 
     def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any, *,
                host: HostCopy | None = None, keep: bool = False) -> Future[Filled]:
-        if host is not None:  # host tier -> device: one asynchronous copy, queued from here
+        if host is not None:  # host tier -> device: asynchronous copies, queued from here
+            if host.packed is not None:
+                return _done(self._from_packed, requests, host, dst, after)
             return _done(self._from_host, host, dst, after)
-        fill = self._fill_kept if keep else self._fill
+        fill: Callable[[Sequence[FillRequest], torch.Tensor, Any], Filled]
+        if any(isinstance(r.layout, QuantizedLayout) for r in requests):
+            # quantized tensors cross PCIe packed and are decoded on the device
+            fill = partial(self._fill_packed, keep=keep)
+        else:
+            fill = self._fill_kept if keep else self._fill
         if self.worker is None:  # prefetch=0: synchronous, on the caller's thread
             return _done(fill, requests, dst, after)
         return self.worker.submit(fill, requests, dst, after)
@@ -371,6 +408,55 @@ class CudaFiller(Filler):
         n = sum(r.nbytes for r in requests)
         self._count(n)
         return Filled(ready=done.ready, host=host, from_storage=n)
+
+    def _fill_packed(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any, *,
+                     keep: bool) -> Filled:
+        """Read plain tensors and quantized tensors' packed parts into one pinned buffer, copy
+        it to the device, decode there (``io.dequant``); the buffer is the host copy if kept."""
+        pieces, total = _packed_plan(requests)
+        pinned = pinned_buffer(total)
+        arr = pinned.numpy()
+        reads = []
+        for pc in pieces:
+            r = requests[pc.req]
+            view = memoryview(arr[pc.host : pc.host + pc.nbytes])
+            if pc.part is None:
+                reads.append(RowRequest(r.layout, 0, r.layout.rows, view))
+            else:
+                reads.append(RowRequest(pc.part.layout, pc.part.start, pc.part.stop, view))
+        self.reader.read_rows(reads)
+        host = HostCopy(total, [pinned], pieces)
+        done = self._from_packed(requests, host, dst, after)
+        n = sum(r.nbytes for r in requests)
+        self._count(n)
+        return Filled(ready=done.ready, host=host if keep else None, from_storage=total)
+
+    def _from_packed(self, requests: Sequence[FillRequest], host: HostCopy, dst: torch.Tensor,
+                     after: Any) -> Filled:
+        from .dequant import dequantize_into
+
+        assert host.packed is not None
+        stream = self.copy_stream
+        stream.wait_event(after)
+        with torch.cuda.stream(stream):
+            src = host.tensors[0]
+            dev = torch.empty(host.nbytes, dtype=torch.uint8, device=self.device)
+            dev.copy_(src, non_blocking=True)
+            by_req: dict[int, dict[str, torch.Tensor]] = {}
+            for pc in host.packed:
+                r = requests[pc.req]
+                if pc.part is None:
+                    dst[r.dst_offset : r.dst_offset + r.nbytes].copy_(
+                        dev[pc.host : pc.host + pc.nbytes])
+                else:
+                    by_req.setdefault(pc.req, {})[pc.part.part] = dev[pc.host : pc.host + pc.nbytes]
+            for i, parts in by_req.items():
+                r = requests[i]
+                assert isinstance(r.layout, QuantizedLayout)
+                dequantize_into(r.layout, parts, dst[r.dst_offset : r.dst_offset + r.nbytes])
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        return Filled(ready=ready, from_host=host.nbytes)
 
     def _fill(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any) -> Filled:
         stream = self.copy_stream

@@ -312,3 +312,29 @@ def test_cuda_load_moves_the_parts_and_dequantizes_there(
     p = parts["conv.weight"]
     assert isinstance(p, bigstore.PackedTensor) and p.packed.device.type == "cuda"
     assert _bits(p.dequantize().cpu()) == _bits(cpu["conv.weight"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("host", ["0", "1GiB"])
+def test_cuda_offload_of_a_quantized_store_decodes_on_the_device(
+        qnet: tuple[str, Net], host: str) -> None:
+    url, resident = qnet
+    resident = resident.cuda()
+    with skeleton():
+        sk = Net().bfloat16().eval()
+    with offload(sk, url, device="cuda", budget="1GiB") as probe:
+        sizes = sorted((st.nbytes for st in probe.pager.units), reverse=True)
+        fixed = probe.pager.fixed_bytes
+    budget = fixed + 2 * sizes[0]
+    g = torch.Generator().manual_seed(1)
+    inputs = [torch.randint(0, V, (2, n), generator=g).cuda() for n in (5, 1, 3)]
+    with offload(sk, url, device="cuda", budget=budget, host_budget=host, prefetch=2) as m, \
+            torch.no_grad():
+        for i, x in enumerate(inputs):
+            assert torch.equal(m(x), resident(x))
+            if i and host != "0":  # the packed parts are what the host tier keeps
+                assert m.last_pass.storage == 0 and m.last_pass.host > 0
+        assert m.stats.evictions > 0
+        if host != "0":
+            kept = sum(st.host.nbytes for st in m.pager.units if st.host is not None)
+            assert kept < sum(st.nbytes for st in m.pager.units if st.host is not None)
