@@ -155,7 +155,7 @@ def bench_offload(work: pathlib.Path, tokens: int) -> dict[str, Any]:
     with torch.no_grad():
         qwant = qref.generate(ids, **gen)
         out["int4_resident_s"] = _best(lambda: qref.generate(ids, **gen), 2)
-    del qref, qref_sd
+    qref_sd.clear()
     torch.cuda.empty_cache()
     run(qurl, "0", "int4_nohost", qwant)
     run(qurl, None, "int4", qwant)
