@@ -92,10 +92,13 @@ def test_cuda_embedding_rows(tmp_path: Path) -> None:
     ids = torch.randint(0, vocab, (1, 5), device="cuda")
     with torch.no_grad():
         want = ref.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
-    with skeleton():
-        sk = transformers.AutoModelForCausalLM.from_config(cfg)
-    with offload(sk, tmp_path / "m", device="cuda", budget=vocab * 32 * 4 + 8192,
-                 host_budget=0) as m, torch.no_grad():
-        assert torch.equal(m.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0),
-                           want)
-        assert m.last_pass.storage < vocab * 32 * 4  # a decode step read one row, not the table
+    read = {}
+    for rows in (True, False):
+        with skeleton():
+            sk = transformers.AutoModelForCausalLM.from_config(cfg)
+        with offload(sk, tmp_path / "m", device="cuda", budget=vocab * 32 * 4 + 8192,
+                     host_budget=0, embedding_rows=rows) as m, torch.no_grad():
+            got = m.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+            assert torch.equal(got, want)
+            read[rows] = m.last_pass.storage  # a decode step: one token
+    assert read[False] - read[True] == vocab * 32 * 4 - 32 * 4  # the table vs the row used
