@@ -251,7 +251,10 @@ def _commit(store: Store, layout: DatasetLayout) -> None:
         "chunk_rows": layout.chunk_rows,
         "columns": [c.to_json() for c in layout.columns],
     }
-    write_root(store, "dataset", attrs, docs)  # the commit marker, last
+    # a column with a logical type (timestamps, categories) needs a reader that knows them:
+    # older readers would see plain integers, so such a store says version 2
+    version = 2 if any(c.logical is not None for c in layout.columns) else 1
+    write_root(store, "dataset", attrs, docs, version=version)  # the commit marker, last
 
 
 def write_dataset(
