@@ -216,6 +216,8 @@ class _Cutter:
         self.futures: list[Future[None]] = []
 
     def add(self, rows: Arr) -> None:
+        if rows.shape[0] == 0:
+            return
         flat = np.ascontiguousarray(rows).reshape(rows.shape[0], -1).view(np.uint8)
         pos = 0
         while pos < flat.shape[0]:
@@ -234,9 +236,11 @@ class _Cutter:
                 self._close(seg)
 
     def _close(self, seg: Segment) -> None:
-        rows = np.concatenate(self.buf) if len(self.buf) != 1 else self.buf[0].copy()
-        self.buf, self.have = [], 0
+        buf, self.buf, self.have = self.buf, [], 0
         self.i += 1
+        if seg.kind == "skip":
+            return
+        rows = np.concatenate(buf) if len(buf) != 1 else buf[0].copy()
         if seg.kind == "piece":
             self.pieces[(self.layout.path, seg.shard)] = rows
         elif seg.kind == "write":

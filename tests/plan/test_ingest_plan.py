@@ -3,6 +3,8 @@ partition's rows are accounted for, for any partition sizes and any set of finis
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,7 +44,7 @@ def _check(arrays: list[ArrayRows], done: set[tuple[str, int]]) -> None:
             pieces += [g for g in w.segments[s.path] if g.kind == "piece" and g.shard == s.shard]
         assert [(g.start, g.stop) for g in pieces] == sorted((g.start, g.stop) for g in pieces)
         assert pieces[0].start == s.start and pieces[-1].stop == s.stop
-        assert all(x.stop == y.start for x, y in zip(pieces, pieces[1:]))
+        assert all(x.stop == y.start for x, y in pairwise(pieces))
         assert len(s.parts) >= 2
     expected = {(a.path, s) for a in arrays for s in range(a.n_shards)} - done
     assert set(writers) == expected and all(v == 1 for v in writers.values())
