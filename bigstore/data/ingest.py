@@ -198,22 +198,32 @@ class _Job:
         self.token, self.retries, self.progress, self.url = token, retries, progress, url
 
     # -- helpers ------------------------------------------------------------------------------
-    def _compute(self, tasks: list[Any], bar: Any = None, sizes: Sequence[int] = ()) -> list[Any]:
-        """Run ``tasks`` on the cluster (with retries); results in order. On a failure every
-        other task is let finish first, so nothing writes into the stage after we return."""
+    def _compute(self, tasks: list[Any], bar: Any = None, sizes: Sequence[int] = (),
+                 gather: bool = True) -> list[Any]:
+        """Run ``tasks`` on the cluster (with retries); results in order (``gather=False``: the
+        results stay on the workers, e.g. stitch pieces). On a failure every other task is let
+        finish first, so nothing writes into the stage after we return."""
         import distributed
 
         futures = self.client.compute(tasks, retries=self.retries)
         index = {f.key: i for i, f in enumerate(futures)}
+        results: list[Any] = [None] * len(futures)
+        finished: set[Any] = set()
         try:
             for f in distributed.as_completed(futures):
                 if f.status == "error":
                     f.result()  # raises the task's own error
+                i = index[f.key]
+                finished.add(f.key)
+                if gather:
+                    results[i] = f.result()
+                else:  # its data (stitch pieces) stays on the workers only while still needed
+                    f.release()
                 if bar is not None and sizes:
-                    bar.update(sizes[index[f.key]])
-            return [f.result() for f in futures]
+                    bar.update(sizes[i])
+            return results
         except Exception:
-            distributed.wait(futures)
+            distributed.wait([f for f in futures if f.key not in finished])
             raise
         except BaseException:
             self.client.cancel(futures)
@@ -345,7 +355,7 @@ class _Job:
         bar = progress_bar(self.progress, f"write_dataset {self.url}", total, unit="samples")
         try:
             if writes or stitches:
-                self._compute([*writes.values(), *stitches], bar, sizes)
+                self._compute([*writes.values(), *stitches], bar, sizes, gather=False)
         finally:
             if bar is not None:
                 bar.close()
