@@ -62,7 +62,8 @@ def _warm() -> None:
     import bigstore  # noqa: F401 - the first task must not pay for importing torch
 
 
-def bench_ingest(work: Path, size: int, block_bytes: int) -> dict[str, Any]:
+def bench_ingest(work: Path, size: int, block_bytes: int,
+                 workers: Sequence[int] = (1, 2)) -> dict[str, Any]:
     from distributed import Client, LocalCluster
 
     from bigstore import write_dataset
@@ -83,11 +84,11 @@ def bench_ingest(work: Path, size: int, block_bytes: int) -> dict[str, Any]:
         print(f"  ingest {name:<22} {s:7.2f} s  {nbytes / s / 1e9:6.3f} GB/s", file=sys.stderr)
 
     timed("single process", lambda d: write_dataset(d, _blocks(n_blocks, rows)))
-    for workers in (1, 2):
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+    for n in workers:
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster, Client(cluster) as client:
             client.run(_warm)
-            timed(f"dask, {workers} worker(s)",
+            timed(f"dask, {n} worker(s)",
                   lambda d, c=client: write_dataset(d, _dask_source(n_blocks, rows), client=c))
     base = out["runs"]["single process"]["seconds"]
     for r in out["runs"].values():
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", default=None, help="ingest dataset bytes (default 2GiB)")
     ap.add_argument("--ckpt", default=None, help="checkpoint bytes (default 1GiB)")
     ap.add_argument("--skip", choices=["ingest", "load"], action="append", default=[])
+    ap.add_argument("--workers", default="1,2", help="Dask worker processes to measure")
     args = ap.parse_args(argv)
     size = parse_bytes(args.size or ("96MiB" if args.quick else "2GiB"))
     ckpt = parse_bytes(args.ckpt or ("32MiB" if args.quick else "1GiB"))
@@ -269,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {"benchmark": "bigstore scale-out", "quick": args.quick}
     try:
         if "ingest" not in args.skip:
-            result["ingest"] = bench_ingest(work, size, block)
+            workers = [int(w) for w in args.workers.split(",")]
+            result["ingest"] = bench_ingest(work, size, block, workers)
         if "load" not in args.skip:
             result["load"] = bench_load(work, ckpt)
     finally:
