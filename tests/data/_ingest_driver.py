@@ -1,11 +1,12 @@
 """A distributed dataset write as a process of its own, with its own Dask cluster:
-``python _ingest_driver.py URL JOB_TOKEN BLOCK_FILE``.
+``python _ingest_driver.py URL JOB_TOKEN GATE``.
 
-The source is a Dask Bag of record batches; its last partition, computed a second time (the
-write pass, after the scan), waits until BLOCK_FILE exists: the job stalls there with every
-other partition's shards staged, and the test kills this process group (driver, scheduler,
-workers) mid-job. ``source()`` and ``reference()`` are also
-imported by the test: the same rows, for the resumed run and for the single-process writer.
+The source is a Dask Bag of record batches. Once the file GATE exists (the job's plan, which
+the driver saves between the scan and the write pass), computing the last partition waits for
+ever: the write pass stalls there with every other partition's shards staged, and the test
+kills this process group (driver, scheduler, workers) mid-job. ``source()`` and
+``reference()`` are also imported by the test: the same rows, for the resumed run and for the
+single-process writer.
 """
 
 from __future__ import annotations
@@ -22,14 +23,10 @@ ROWS = 300
 OPTIONS: dict[str, Any] = {"chunk_rows": 16, "shard_bytes": 2048}
 
 
-def part(i: int, block: str | None = None) -> list[dict[str, Any]]:
-    if block is not None and i == N_PARTS - 1:
-        seen = block + ".scanned"
-        if Path(seen).exists():
-            while not Path(block).exists():
-                time.sleep(0.05)
-        else:
-            Path(seen).touch()
+def part(i: int, gate: str | None = None) -> list[dict[str, Any]]:
+    if gate is not None and i == N_PARTS - 1 and Path(gate).exists():
+        while True:  # until the test kills us
+            time.sleep(0.05)
     label = np.arange(i * ROWS, (i + 1) * ROWS, dtype=np.int64)
     return [{
         "label": label,
@@ -38,11 +35,11 @@ def part(i: int, block: str | None = None) -> list[dict[str, Any]]:
     }]
 
 
-def source(block: str | None = None) -> Any:
+def source(gate: str | None = None) -> Any:
     import dask
     import dask.bag as db
 
-    return db.from_delayed([dask.delayed(part)(i, block) for i in range(N_PARTS)])
+    return db.from_delayed([dask.delayed(part)(i, gate) for i in range(N_PARTS)])
 
 
 def reference() -> list[dict[str, Any]]:
@@ -54,10 +51,10 @@ def main() -> None:
 
     from bigstore import write_dataset
 
-    url, token, block = sys.argv[1:4]
+    url, token, gate = sys.argv[1:4]
     with LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        write_dataset(url, source(block), job_token=token, client=client, **OPTIONS)
+        write_dataset(url, source(gate), job_token=token, client=client, **OPTIONS)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import dask.bag as db  # noqa: E402
 import dask.dataframe as dd  # noqa: E402
 
 from bigstore import open_dataset, write_dataset  # noqa: E402
+from bigstore.data.ingest import PLAN_KEY  # noqa: E402
 from bigstore.errors import DistributedError, DTypeError  # noqa: E402
 from bigstore.plan.ingest import ArrayRows, plan_ingest  # noqa: E402
 from bigstore.store import open_store  # noqa: E402
@@ -174,8 +175,9 @@ def test_killed_job_leaves_old_store_and_resumes(client: Any, tmp_path: Path) ->
     want = _stage_keys_without(ref, driver.N_PARTS - 1)
     script = str(Path(driver.__file__))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.Popen([sys.executable, script, url, token, str(tmp_path / "never")],
-                            env=env, start_new_session=True)
+    gate = str(stage / PLAN_KEY)  # saved between the scan and the write pass
+    proc = subprocess.Popen([sys.executable, script, url, token, gate], env=env,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 240  # a safety net against a hang, not a measurement
         while not all((stage / k).is_file() for k in want):
