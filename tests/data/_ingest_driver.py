@@ -52,7 +52,9 @@ def main() -> None:
     from bigstore import write_dataset
 
     url, token, gate = sys.argv[1:4]
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+    # two threads per worker: tasks queued on the worker whose thread is stuck in the gated
+    # partition still run on its other thread
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=2,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         write_dataset(url, source(gate), job_token=token, client=client, **OPTIONS)
 

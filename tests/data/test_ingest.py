@@ -182,7 +182,8 @@ def test_killed_job_leaves_old_store_and_resumes(client: Any, tmp_path: Path) ->
         deadline = time.monotonic() + 240  # a safety net against a hang, not a measurement
         while not all((stage / k).is_file() for k in want):
             assert proc.poll() is None, "the driver exited before it was killed"
-            assert time.monotonic() < deadline, "the job did not stage its shards"
+            missing = sorted(k for k in want if not (stage / k).is_file())
+            assert time.monotonic() < deadline, f"the job did not stage {missing}"
             time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, its scheduler and its workers
