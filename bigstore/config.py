@@ -11,8 +11,10 @@ from typing import Any
 from .errors import BigstoreError, UnsupportedCodecError
 
 __all__ = [
-    "DATASET_CACHE_BYTES", "DATASET_MAX_CATEGORIES", "HOST_FRACTION", "DatasetWriteConfig", "GiB",
-    "KiB", "LoaderConfig", "LosslessConfig", "MiB", "OffloadConfig", "PrefetchConfig",
+    "DATASET_CACHE_BYTES", "DATASET_MAX_CATEGORIES", "DATASET_SIZING_BYTES",
+    "DATASET_SIZING_ROWS", "EXCHANGE_BYTES", "HOST_FRACTION", "INGEST_RETRIES",
+    "DatasetWriteConfig", "GiB", "KiB", "LoaderConfig", "LosslessConfig", "MiB", "OffloadConfig",
+    "PrefetchConfig",
     "QuantizeConfig", "ReadConfig", "WriteConfig", "available_memory", "default_io_threads",
     "parse_bytes",
 ]
@@ -315,3 +317,16 @@ class LosslessConfig:
             raise UnsupportedCodecError(f"min_saving must be in [0, 1), got {self.min_saving}")
         if self.blocksize < 0:
             raise UnsupportedCodecError(f"blocksize cannot be negative, got {self.blocksize}")
+
+
+# -- Scale-out (issue 12): appended section, owned by the distributed ingest / multi-rank work ---
+# The chunk_rows rule every dataset writer shares (one process or a Dask cluster): variable-length
+# columns are sized on the first rows of the dataset, at most this many rows and the rows that
+# start within the first this-many stored bytes; never on how the source happens to be batched.
+DATASET_SIZING_ROWS = 65536
+DATASET_SIZING_BYTES = 64 * MiB
+# Distributed ingest: how often a failed Dask task is tried again before the job fails.
+INGEST_RETRIES = 2
+# Multi-rank loads: bytes per broadcast over the process group (gloo moves big buffers in
+# pieces anyway; bounded pieces keep every collective well below 2**31 elements).
+EXCHANGE_BYTES = 256 * MiB

@@ -15,6 +15,7 @@ __all__ = [
     "ConcurrentWriteError",
     "CorruptChunkError",
     "DTypeError",
+    "DistributedError",
     "FormatVersionError",
     "IndexOutOfRangeError",
     "IncompleteStoreError",
@@ -130,3 +131,9 @@ class MissingDependencyError(BigstoreError, ImportError):
 
 class BenchTargetError(BigstoreError, ValueError):
     """A benchmark target bigstore cannot measure (neither a store nor a known checkpoint)."""
+
+
+# -- scale-out (issue 12) ---------------------------------------------------------------------
+class DistributedError(BigstoreError, RuntimeError):
+    """A multi-process write or read that cannot go ahead as asked: no Dask client, a job token
+    reused for other data, a source that changed between passes, a rank whose reads failed."""

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import ShapeError, UnsupportedSourceError
 from ._kinds import Encoded, encode
 
-__all__ = ["Batch", "iter_batches"]
+__all__ = ["Batch", "iter_batches", "parquet_files"]
 
 _SLICE_BYTES = 64 << 20  # in-memory arrays are cut into batches of about this size
 _ROWS = 65536  # rows per batch of Arrow and pandas sources
@@ -129,9 +129,8 @@ def _raw_batches(source: Any) -> Iterator[Mapping[str, Any]]:
         )
 
 
-def _parquet_batches(path: str) -> Iterator[Mapping[str, Any]]:
-    import pyarrow.parquet as pq
-
+def parquet_files(path: str) -> list[str]:
+    """The Parquet files a path, glob or directory names, in the order they are written."""
     p = Path(path)
     if p.is_dir():
         files = sorted(str(f) for f in p.rglob("*.parquet"))
@@ -141,7 +140,13 @@ def _parquet_batches(path: str) -> Iterator[Mapping[str, Any]]:
         files = [path]
     if not files or not all(Path(f).is_file() for f in files):
         raise UnsupportedSourceError(f"no Parquet files at {path!r}")
-    for f in files:
+    return files
+
+
+def _parquet_batches(path: str) -> Iterator[Mapping[str, Any]]:
+    import pyarrow.parquet as pq
+
+    for f in parquet_files(path):
         with pq.ParquetFile(f) as pf:
             for rb in pf.iter_batches(batch_size=_ROWS):
                 yield _arrow_batch(rb)

@@ -13,6 +13,7 @@ processes all land, one after the other, and never commit each other's rows away
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -22,8 +23,8 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from ..config import DatasetWriteConfig, parse_bytes
-from ..errors import InvalidKeyError, ShapeError, StoreNotFoundError
+from ..config import INGEST_RETRIES, DatasetWriteConfig, parse_bytes
+from ..errors import DistributedError, InvalidKeyError, ShapeError, StoreNotFoundError
 from ..format import ArrayLayout, ChunkCodec, encode_shard, parse_codec, write_root
 from ..io import ChunkReader, get_executor
 from ..progress import progress_bar
@@ -31,6 +32,7 @@ from ..store import Store, open_store
 from ..store.publish import check_replaceable, discard, make_staging, publish
 from ._conform import Conformer, Stored, VarBatch, parse_schema
 from ._schema import ColumnSpec, DatasetLayout, group_doc
+from ._sizing import Sizer
 from ._source import Batch, iter_batches
 
 __all__ = ["write_dataset"]
@@ -97,19 +99,6 @@ class _ArrayWriter:
         return self.spec.with_rows(self.rows)
 
 
-def _choose_chunk_rows(first: dict[str, Stored], cfg: DatasetWriteConfig) -> int:
-    if cfg.chunk_rows is not None:
-        return cfg.chunk_rows
-    n = max(1, len(next(iter(first.values()))))
-    row_bytes = 0
-    for col in first.values():
-        if isinstance(col, VarBatch):
-            row_bytes += 16 + col.values.nbytes // n
-        else:
-            row_bytes += col.dtype.itemsize * math.prod(col.shape[1:])
-    return max(1, cfg.chunk_bytes // max(1, row_bytes))
-
-
 def _new_array(
     path: str, spec_dtype: Any, inner: tuple[int, ...], chunk_rows: int, cfg: DatasetWriteConfig,
     codec: ChunkCodec,
@@ -123,9 +112,10 @@ def _new_array(
 
 
 def _new_layout(
-    first: dict[str, Stored], columns: tuple[ColumnSpec, ...], cfg: DatasetWriteConfig
+    chunk_rows: int, columns: tuple[ColumnSpec, ...], cfg: DatasetWriteConfig
 ) -> DatasetLayout:
-    chunk_rows = _choose_chunk_rows(first, cfg)
+    """Every array of a new dataset: a pure function of the columns, ``chunk_rows`` and
+    ``cfg`` (a distributed write builds the same layout from the same three)."""
     arrays: dict[str, ArrayLayout] = {}
     from ..format.dtypes import dtype_spec
 
@@ -182,10 +172,17 @@ def _write_batches(
             raise ShapeError("the source holds no samples (no batches)")
         conformer = Conformer.infer(first, targets)
         stored = conformer.stored_batches(_chain(first, it))
-        head = next(stored)  # checked and converted: the layout is sized on stored bytes
-        layout = _new_layout(head, conformer.columns, cfg)
+        # checked and converted batches until the sizing sample is complete: the layout is
+        # sized on stored bytes of the first rows (the rule any writer of these rows follows)
+        sizer = Sizer(conformer.columns, cfg)
+        head: list[dict[str, Stored]] = []
+        for b in stored:
+            head.append(b)
+            if sizer.feed(b):
+                break
+        layout = _new_layout(sizer.chunk_rows(), conformer.columns, cfg)
         writers.update({p: _ArrayWriter(store, a, None) for p, a in layout.arrays.items()})
-        stored = _chain(head, stored)
+        stored = itertools.chain(head, stored)
     else:
         conformer = Conformer.resume(layout.columns, targets)
         stored = conformer.stored_batches(it)
@@ -274,6 +271,9 @@ def write_dataset(
     overwrite: bool = False,
     durable: bool = DatasetWriteConfig.durable,
     lock_timeout: float = DatasetWriteConfig.lock_timeout,
+    client: Any = None,
+    job_token: str | None = None,
+    retries: int = INGEST_RETRIES,
 ) -> DatasetLayout:
     """Write ``source`` as a dataset at ``url``; returns the layout written.
 
@@ -293,6 +293,15 @@ def write_dataset(
     overwrite: replacing a bigstore tensor store with a dataset needs it.
     durable: fsync what was written before the commit (local stores).
 
+    On a Dask cluster (``pip install 'bigstore[dask]'``): ``source`` may be a Dask DataFrame, a
+    Dask Bag of record batches (each element one batch of any kind above) or a dict of Dask
+    Arrays; with ``client=`` a Parquet directory or glob is written one partition per file.
+    Partitions are written in parallel, one writer per shard, committed once when all succeeded
+    (see :mod:`bigstore.data.ingest`); the arrays are byte-identical to one process writing the
+    same rows. client: a ``distributed.Client`` (default: the current one). job_token: names the
+    job (default: a hash of the collection and the options); a killed job run again with the
+    same token resumes, keeping the shards it had written. retries: tries of a failed task.
+
     Values are stored exactly or not at all: a batch whose values do not all fit the
     column's stored type (a later batch, or an append, in another dtype) raises a
     ``DTypeError`` naming the column, batch and value, before anything is committed.
@@ -307,6 +316,19 @@ def write_dataset(
         durable=durable,
         lock_timeout=lock_timeout,
     )
+    from .ingest import is_distributed_source, write_distributed  # imports this module
+
+    if client is not None or is_distributed_source(source):
+        if mode != "w":
+            raise DistributedError(
+                "appending (mode='a') from a Dask collection is not supported: write the new "
+                "rows with one process, or write a new dataset"
+            )
+        return write_distributed(
+            url, source, cfg=cfg, columns=columns, variable=variable, schema=schema,
+            storage_options=storage_options, client=client, job_token=job_token,
+            retries=retries, progress=progress, overwrite=overwrite,
+        )
     batches = iter_batches(source, columns=columns, variable=variable)
     target = open_store(url, storage_options)
     bar = progress_bar(progress, f"write_dataset {os.fspath(url)}", unit="samples")

@@ -403,24 +403,24 @@ def open(
 
 @overload
 def load(
-    url: str | os.PathLike[str], *, device: str | torch.device = ...,
+    url: str | os.PathLike[str] | Store, *, device: str | torch.device = ...,
     names: Sequence[str] | None = ..., storage_options: Mapping[str, Any] | None = ...,
     config: ReadConfig | None = ..., mmap: bool | None = ..., dequantize: Literal[True] = ...,
-    progress: bool = ...,
+    progress: bool = ..., group: Any = ...,
 ) -> dict[str, torch.Tensor]: ...
 
 
 @overload
 def load(
-    url: str | os.PathLike[str], *, device: str | torch.device = ...,
+    url: str | os.PathLike[str] | Store, *, device: str | torch.device = ...,
     names: Sequence[str] | None = ..., storage_options: Mapping[str, Any] | None = ...,
     config: ReadConfig | None = ..., mmap: bool | None = ..., dequantize: bool,
-    progress: bool = ...,
+    progress: bool = ..., group: Any = ...,
 ) -> dict[str, torch.Tensor | PackedTensor]: ...
 
 
 def load(
-    url: str | os.PathLike[str],
+    url: str | os.PathLike[str] | Store,
     *,
     device: str | torch.device = "cpu",
     names: Sequence[str] | None = None,
@@ -429,13 +429,24 @@ def load(
     mmap: bool | None = None,
     dequantize: bool = True,
     progress: bool = False,
+    group: Any = None,
 ) -> dict[str, Any]:
     """Every tensor (or ``names``) of the store at ``url`` as torch tensors on ``device``.
 
     Uncompressed local stores loaded to the CPU are memory-mapped (zero copies; writes to the
     tensors stay private to the process); pass ``mmap=False`` for private copies. Quantized
     tensors come back dequantized into their original dtype; with ``dequantize=False`` as
-    :class:`~bigstore.weights.quantize.PackedTensor` parts (packed values, scales, zeros)."""
+    :class:`~bigstore.weights.quantize.PackedTensor` parts (packed values, scales, zeros).
+
+    group: a torch.distributed process group (``torch.distributed.group.WORLD`` for all ranks).
+    Every rank of it calls ``load`` with the same arguments; each reads a disjoint ~1/N of the
+    chunks and the ranks exchange them over the group, so storage serves each byte once per
+    job and every rank gets identical tensors (see :mod:`bigstore.weights.distributed`)."""
+    if group is not None:
+        from .distributed import load_group  # imports this module
+
+        return load_group(url, group=group, device=device, names=names,
+                          storage_options=storage_options, config=config, progress=progress)
     with TensorStore.open(url, storage_options=storage_options, config=config) as ts:
         total = sum(ts.meta(n).nbytes for n in (names or list(ts)))
         bar = progress_bar(progress, f"load {ts.store.url}", total)

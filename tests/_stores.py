@@ -1,0 +1,113 @@
+"""Store wrappers for tests: a real store underneath, something observed on top.
+
+They subclass the Store contract and delegate every call, so they pass wherever a store URL is
+accepted (``open_store`` returns a Store as it is) and pickle into other processes (Dask workers,
+ranks): what they observe is appended to a log file, one line per request, which every process
+can write to (``O_APPEND`` lines of a few bytes are atomic).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from bigstore.store import Buffer, ByteRange, Store
+
+
+def _log(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+class LoggedStore(Store):
+    """Delegates to ``inner``; logs ``read KEY NBYTES`` for every read and ``put KEY ok|fail``
+    for every put. ``fail_once``: the first put of that key raises OSError (the marker file
+    ``<log>.failed`` records that it happened, across processes)."""
+
+    def __init__(self, inner: Store, log: str, fail_once: str | None = None) -> None:
+        super().__init__(inner.url)
+        self.inner, self.log, self.fail_once = inner, log, fail_once
+        self.zero_copy_reads = inner.zero_copy_reads
+        self.is_remote = inner.is_remote
+
+    # reads: counted in bytes
+    def get(self, key: str) -> Buffer:
+        data = self.inner.get(key)
+        _log(self.log, f"read {key} {memoryview(data).nbytes}")
+        return data
+
+    def get_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[Buffer]:
+        out = self.inner.get_ranges(key, ranges)
+        _log(self.log, f"read {key} {sum(memoryview(b).nbytes for b in out)}")
+        return out
+
+    def read_into(self, key: str, offset: int, outs: Sequence[memoryview]) -> None:
+        self.inner.read_into(key, offset, outs)
+        _log(self.log, f"read {key} {sum(o.nbytes for o in outs)}")
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def size(self, key: str) -> int:
+        return self.inner.size(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.list(prefix)
+
+    def version(self, key: str) -> str | None:
+        return self.inner.version(key)
+
+    # writes
+    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+        marker = self.log + ".failed"
+        if key == self.fail_once and not Path(marker).exists():
+            Path(marker).touch()
+            _log(self.log, f"put {key} fail")
+            raise OSError(f"injected failure writing {key}")
+        self.inner.put(key, data)
+        _log(self.log, f"put {key} ok")
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        self.inner.delete_prefix(prefix)
+
+    # capabilities: the inner store's
+    def local_file(self, key: str) -> tuple[str, int] | None:
+        return self.inner.local_file(key)
+
+    def staging(self, tag: str) -> Store:
+        return LoggedStore(self.inner.staging(tag), self.log, self.fail_once)
+
+    def write_lock(self, timeout: float) -> AbstractContextManager[None]:
+        return self.inner.write_lock(timeout)
+
+    def replace_with(self, stage: Store) -> bool:
+        return self.inner.replace_with(stage.inner if isinstance(stage, LoggedStore) else stage)
+
+    def flush(self, keys: Sequence[str] | None = None) -> None:
+        self.inner.flush(keys)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def log_lines(log: str | Path) -> list[list[str]]:
+    p = Path(log)
+    return [ln.split() for ln in p.read_text().splitlines()] if p.exists() else []
+
+
+def bytes_read(log: str | Path) -> Counter[str]:
+    """Bytes read per key, from a LoggedStore's log."""
+    out: Counter[str] = Counter()
+    for f in log_lines(log):
+        if f[0] == "read":
+            out[f[1]] += int(f[2])
+    return out
