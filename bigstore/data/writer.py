@@ -24,10 +24,11 @@ import numpy as np
 
 from ..config import DatasetWriteConfig, parse_bytes
 from ..errors import InvalidKeyError, ShapeError, StoreNotFoundError
-from ..format import ArrayLayout, ChunkCodec, encode_shard, parse_codec, write_root
+from ..format import ROOT_KEY, ArrayLayout, ChunkCodec, encode_shard, parse_codec, write_root
 from ..io import ChunkReader, get_executor
 from ..progress import progress_bar
 from ..store import Store, open_store
+from ..store.lock import WriteLock
 from ..store.publish import check_replaceable, discard, make_staging, publish
 from ._schema import DatasetLayout, group_doc
 from ._source import Batch, VarBatch, conform, infer_column, iter_batches
@@ -42,9 +43,11 @@ class _ArrayWriter:
     """Collects rows of one array and writes a shard whenever one is full."""
 
     def __init__(
-        self, store: Store, spec: ArrayLayout, pending: np.ndarray[Any, Any] | None
+        self, store: Store, spec: ArrayLayout, pending: np.ndarray[Any, Any] | None,
+        guard: WriteLock | None = None,
     ) -> None:
         self.store = store
+        self.guard = guard  # appends write into the live store: only while holding its lock
         self.spec = spec
         self.rows = spec.rows  # rows committed to shards or pending
         self.next_shard = spec.rows // spec.shard_rows
@@ -75,6 +78,8 @@ class _ArrayWriter:
         def write() -> None:
             self.store.put(spec.shard_key(s), encode_shard(spec, shard))
 
+        if self.guard is not None:
+            self.guard.check()
         self.written.append(spec.shard_key(s))
         self.futures.append(get_executor().submit(write))
         while len(self.futures) > _IN_FLIGHT:  # bounded memory: wait for the oldest shard
@@ -140,7 +145,9 @@ def _new_layout(first: Batch, cfg: DatasetWriteConfig) -> DatasetLayout:
     return DatasetLayout(0, chunk_rows, columns, arrays)
 
 
-def _resume_writers(store: Store, layout: DatasetLayout) -> dict[str, _ArrayWriter]:
+def _resume_writers(
+    store: Store, layout: DatasetLayout, guard: WriteLock
+) -> dict[str, _ArrayWriter]:
     """Writers that continue each array, with its partial last shard read back."""
     reader = ChunkReader(store)
     writers = {}
@@ -156,7 +163,7 @@ def _resume_writers(store: Store, layout: DatasetLayout) -> dict[str, _ArrayWrit
                     for i in range(len(chunks))]
             reader.read_chunks(spec, chunks, outs)
             pending = buf[:tail]
-        writers[path] = _ArrayWriter(store, spec, pending)
+        writers[path] = _ArrayWriter(store, spec, pending, guard)
     return writers
 
 
@@ -167,8 +174,10 @@ def _write_batches(
     cfg: DatasetWriteConfig,
     bar: Any,
     writers: dict[str, _ArrayWriter],
+    guard: WriteLock | None = None,
 ) -> DatasetLayout:
-    """Write every batch (``writers`` is filled with the array writers used)."""
+    """Write every batch (``writers`` is filled with the array writers used). ``guard``: the
+    lock an append (``layout`` given) holds while it writes into the live store."""
     it = iter(batches)
     if layout is None:
         first = next(it, None)
@@ -178,7 +187,8 @@ def _write_batches(
         writers.update({p: _ArrayWriter(store, a, None) for p, a in layout.arrays.items()})
         it = _chain(first, it)
     else:
-        writers.update(_resume_writers(store, layout))
+        assert guard is not None, "appends hold the store's writer lock"
+        writers.update(_resume_writers(store, layout, guard))
     try:
         return _write_all(layout, writers, it, bar)
     except BaseException:
@@ -220,22 +230,34 @@ def _chain(first: Batch, rest: Iterable[Batch]) -> Iterator[Batch]:
     yield from rest
 
 
-def _commit(store: Store, layout: DatasetLayout) -> None:
+def _write_docs(store: Store, layout: DatasetLayout) -> tuple[list[str], dict[str, Any]]:
+    """Write every group and array document: (the keys written, the documents by node path for
+    the root's consolidated metadata)."""
     docs: dict[str, Any] = {}
+    keys: list[str] = []
     for c in layout.columns:
         if c.variable:
             docs[c.name] = group_doc()
-            store.put(f"{c.name}/zarr.json", json.dumps(group_doc()).encode())
+            keys.append(f"{c.name}/zarr.json")
+            store.put(keys[-1], json.dumps(group_doc()).encode())
     for path, spec in layout.arrays.items():
-        doc = spec.to_json()
-        store.put(spec.meta_key, json.dumps(doc, indent=1).encode())
-        docs[path] = doc
-    attrs = {
+        docs[path] = spec.to_json()
+        keys.append(spec.meta_key)
+        store.put(keys[-1], json.dumps(docs[path], indent=1).encode())
+    return keys, docs
+
+
+def _root_attrs(layout: DatasetLayout) -> dict[str, Any]:
+    return {
         "num_rows": layout.num_rows,
         "chunk_rows": layout.chunk_rows,
         "columns": [c.to_json() for c in layout.columns],
     }
-    write_root(store, "dataset", attrs, docs)  # the commit marker, last
+
+
+def _commit(store: Store, layout: DatasetLayout) -> None:
+    _keys, docs = _write_docs(store, layout)
+    write_root(store, "dataset", _root_attrs(layout), docs)  # the commit marker, last
 
 
 def write_dataset(
@@ -254,6 +276,7 @@ def write_dataset(
     overwrite: bool = False,
     durable: bool = DatasetWriteConfig.durable,
     lock_timeout: float = DatasetWriteConfig.lock_timeout,
+    lock_stale_after: float = DatasetWriteConfig.lock_stale_after,
 ) -> DatasetLayout:
     """Write ``source`` as a dataset at ``url``; returns the layout written.
 
@@ -265,9 +288,12 @@ def write_dataset(
     shard_bytes: target bytes per shard object. codec: None, "zstd[:level]" or "gzip[:level]".
     mode: "w" replaces atomically; "a" appends samples (the layout and codec of the existing
     dataset are kept; ``chunk_rows``/``codec`` are then ignored). Concurrent appends wait for
-    each other (up to ``lock_timeout`` seconds, then ConcurrentWriteError) and all land.
+    each other (up to ``lock_timeout`` seconds, then ConcurrentWriteError) and all land;
+    ``lock_stale_after``: on object stores, seconds after which a killed writer's lease is
+    broken (see :mod:`bigstore.store.lock`).
     overwrite: replacing a bigstore tensor store with a dataset needs it.
-    durable: fsync what was written before the commit (local stores).
+    durable: fsync what was written before the commit (local stores; see
+    :class:`~bigstore.config.DatasetWriteConfig`).
     """
     if mode not in ("w", "a"):
         raise InvalidKeyError(f"mode must be 'w' or 'a', got {mode!r}")
@@ -278,18 +304,20 @@ def write_dataset(
         codec=parse_codec(codec).spec,
         durable=durable,
         lock_timeout=lock_timeout,
+        lock_stale_after=lock_stale_after,
     )
     batches = iter_batches(source, columns=columns, variable=variable)
     target = open_store(url, storage_options)
     bar = progress_bar(progress, f"write_dataset {os.fspath(url)}", unit="samples")
     try:
         if mode == "a":
-            with target.write_lock(cfg.lock_timeout):  # from reading the layout to the commit
+            # held from reading the layout to the commit
+            with target.write_lock(cfg.lock_timeout, stale_after=cfg.lock_stale_after) as held:
                 layout = _existing(target)
                 if layout is not None:
-                    return _append(target, layout, batches, cfg, bar)
-                return _replace(target, batches, cfg, bar, overwrite, locked=True)
-        return _replace(target, batches, cfg, bar, overwrite, locked=False)
+                    return _append(target, layout, batches, cfg, bar, held)
+                return _replace(target, batches, cfg, bar, overwrite, held=held)
+        return _replace(target, batches, cfg, bar, overwrite, held=None)
     finally:
         if bar is not None:
             bar.close()
@@ -306,30 +334,40 @@ def _existing(target: Store) -> DatasetLayout | None:
 
 def _append(
     target: Store, layout: DatasetLayout, batches: Iterable[Batch], cfg: DatasetWriteConfig,
-    bar: Any,
+    bar: Any, held: WriteLock,
 ) -> DatasetLayout:
     writers: dict[str, _ArrayWriter] = {}
-    new = _write_batches(target, layout, batches, cfg, bar, writers)
+    new = _write_batches(target, layout, batches, cfg, bar, writers, held)
+    held.check()  # never commit after losing the lock: another writer may have moved on
+    keys, docs = _write_docs(target, new)
+    if cfg.durable:  # only what this append wrote: its shards and the array documents
+        target.flush([k for w in writers.values() for k in w.written] + keys)
+    write_root(target, "dataset", _root_attrs(new), docs)
     if cfg.durable:
-        target.flush([k for w in writers.values() for k in w.written])
-    _commit(target, new)
+        target.flush([ROOT_KEY])  # the commit itself
     return new
 
 
 def _replace(
     target: Store, batches: Iterable[Batch], cfg: DatasetWriteConfig, bar: Any,
-    overwrite: bool, *, locked: bool,
+    overwrite: bool, *, held: WriteLock | None,
 ) -> DatasetLayout:
-    check_replaceable(target, "dataset", overwrite=overwrite)
+    if held is None:  # see TensorWriter.begin
+        with target.write_lock(cfg.lock_timeout, stale_after=cfg.lock_stale_after):
+            check_replaceable(target, "dataset", overwrite=overwrite)
+    else:
+        check_replaceable(target, "dataset", overwrite=overwrite)
     stage = make_staging(target)
     try:
         new = _write_batches(stage, None, batches, cfg, bar, {})
         _commit(stage, new)
-        if locked:
+        if held is not None:
+            held.check()
             publish(stage, target, durable=cfg.durable)
         else:
-            with target.write_lock(cfg.lock_timeout):
+            with target.write_lock(cfg.lock_timeout, stale_after=cfg.lock_stale_after) as lock:
                 check_replaceable(target, "dataset", overwrite=overwrite)
+                lock.check()
                 publish(stage, target, durable=cfg.durable)
     except BaseException:
         discard(stage)

@@ -11,8 +11,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..errors import InvalidKeyError, TruncatedChunkError
+from ..config import LOCK_STALE_AFTER
+from ..errors import InvalidKeyError, StoreNotFoundError, TruncatedChunkError
+
+if TYPE_CHECKING:
+    from .lock import WriteLock
 
 __all__ = ["ByteRange", "Store", "check_key", "Buffer"]
 
@@ -155,12 +160,46 @@ class Store(ABC):
         self.put(key, data)
         return True
 
-    def write_lock(self, timeout: float) -> AbstractContextManager[None]:
+    def token(self, key: str) -> str:
+        """What :meth:`replace_if` and :meth:`delete_if` compare: the object's version, or its
+        bytes (hex) where the backend has no versions. Missing objects raise
+        StoreNotFoundError."""
+        v = self.version(key)
+        return v if v is not None else bytes(memoryview(self.get(key)).cast("B")).hex()
+
+    def replace_if(self, key: str, data: Buffer, token: str) -> str | None:
+        """Overwrite ``key`` only if its :meth:`token` is still ``token``; the new token, or
+        None (nothing written) when the object changed or vanished. Backends with conditional
+        writes make this atomic (S3 ``If-Match``); the default checks first (not atomic)."""
+        try:
+            if self.token(key) != token:
+                return None
+        except StoreNotFoundError:
+            return None
+        self.put(key, data)
+        return self.token(key)
+
+    def delete_if(self, key: str, token: str) -> bool:
+        """Delete ``key`` only if its :meth:`token` is still ``token``; False otherwise. Atomic
+        where the backend has conditional deletes (S3 ``If-Match``)."""
+        try:
+            if self.token(key) != token:
+                return False
+        except StoreNotFoundError:
+            return False
+        self.delete(key)
+        return True
+
+    def write_lock(
+        self, timeout: float, *, stale_after: float = LOCK_STALE_AFTER
+    ) -> AbstractContextManager[WriteLock]:
         """Hold the store's writer lock (see :mod:`bigstore.store.lock`); waits up to
-        ``timeout`` seconds, then raises ConcurrentWriteError."""
+        ``timeout`` seconds, then raises ConcurrentWriteError. ``stale_after``: seconds after
+        which an unrefreshed lease (object stores) is taken for a dead writer's."""
         from .lock import lease_lock
 
-        return lease_lock(self.staging(".bigstore-lock"), self.url, timeout)
+        return lease_lock(self.staging(".bigstore-lock"), self.url, timeout,
+                          stale_after=stale_after)
 
     def replace_with(self, stage: Store) -> bool:
         """Make this store's contents exactly ``stage``'s in one atomic step, consuming

@@ -34,7 +34,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from ..config import LOCK_STALE_AFTER
 from ._base import Buffer, ByteRange, Store
+from .lock import WriteLock
 
 __all__ = ["CachedStore", "default_cache_dir"]
 
@@ -207,8 +209,23 @@ class CachedStore(Store):
     def staging(self, tag: str) -> Store:
         return self.remote.staging(tag)
 
-    def write_lock(self, timeout: float) -> AbstractContextManager[None]:
-        return self.remote.write_lock(timeout)
+    def write_lock(
+        self, timeout: float, *, stale_after: float = LOCK_STALE_AFTER
+    ) -> AbstractContextManager[WriteLock]:
+        return self.remote.write_lock(timeout, stale_after=stale_after)
+
+    def token(self, key: str) -> str:
+        return self.remote.token(key)
+
+    def replace_if(self, key: str, data: Buffer, token: str) -> str | None:
+        new = self.remote.replace_if(key, data, token)
+        self._invalidate(key)
+        return new
+
+    def delete_if(self, key: str, token: str) -> bool:
+        gone = self.remote.delete_if(key, token)
+        self._invalidate(key)
+        return gone
 
     def put_if_absent(self, key: str, data: Buffer) -> bool:
         created = self.remote.put_if_absent(key, data)

@@ -53,7 +53,11 @@ class TensorWriter:
         if self._stage is not None:
             return self
         target = open_store(self.url, self.storage_options)
-        check_replaceable(target, "tensors", overwrite=self.overwrite)
+        # under the lock: another writer's publication (not atomic on object stores) is
+        # never seen half done; checked again before the commit
+        with target.write_lock(self.config.lock_timeout,
+                               stale_after=self.config.lock_stale_after):
+            check_replaceable(target, "tensors", overwrite=self.overwrite)
         self._target, self._stage = target, make_staging(target)
         return self
 
@@ -80,9 +84,11 @@ class TensorWriter:
         target = self._target
         try:
             write_root(stage, "tensors", {"tensors": len(self._metas)}, self._docs)
-            with target.write_lock(self.config.lock_timeout):
+            with target.write_lock(self.config.lock_timeout,
+                                   stale_after=self.config.lock_stale_after) as held:
                 # checked again under the lock: another writer may have committed meanwhile
                 check_replaceable(target, "tensors", overwrite=self.overwrite)
+                held.check()
                 publish(stage, target, durable=self.config.durable)
         except BaseException:
             discard(stage)
