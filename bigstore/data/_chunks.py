@@ -42,16 +42,19 @@ class ChunkPools:
 
 def load_chunks(
     reader: ChunkReader, layout: DatasetLayout, col: ColumnSpec, chunks: Sequence[int],
-    pools: ChunkPools, slots: Sequence[int],
+    pools: ChunkPools, slots: Sequence[int], *, confirm: bool = True,
 ) -> None:
     """Read chunks ``chunks`` of column ``col`` into ``slots`` of ``pools`` (a variable-length
-    column: its offsets, then the values those offsets span)."""
+    column: its offsets, then the values those offsets span). ``confirm``: check the store was
+    not replaced meanwhile (see ChunkReader); False when the caller does it once for several."""
     arr = layout.main_array(col)
     pool = pools.fixed[col.name]
-    reader.read_chunks(arr, list(chunks), [pool[s] for s in slots])
+    reader.read_chunks(arr, list(chunks), [pool[s] for s in slots], confirm=False)
     if col.variable:
         for k, s in zip(chunks, slots):
             pools.values[col.name][s] = _values_of(reader, layout, col, int(k), pool[s])
+    if confirm:
+        reader.confirm()
 
 
 def _values_of(
@@ -67,7 +70,7 @@ def _values_of(
     chunks = list(range(first, last + 1))
     buf = np.empty(len(chunks) * varr.chunk_nbytes, np.uint8)
     outs = [buf[i * varr.chunk_nbytes : (i + 1) * varr.chunk_nbytes] for i in range(len(chunks))]
-    reader.read_chunks(varr, chunks, outs)
+    reader.read_chunks(varr, chunks, outs, confirm=False)
     elems = buf.view(varr.dtype.storage)
     lo = start - first * varr.chunk_rows
     return start, elems[lo : lo + (stop - start)].copy()

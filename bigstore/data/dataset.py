@@ -10,9 +10,9 @@ import bigstore_native.data as kernels
 import numpy as np
 
 from ..config import DATASET_CACHE_BYTES, ReadConfig
-from ..errors import NotAStoreError, ShapeError, StoreNotFoundError
+from ..errors import NotAStoreError, ShapeError
 from ..forksafe import PerProcess
-from ..format import ROOT_KEY, ArrayLayout, read_root
+from ..format import ArrayLayout, RootDoc, Stamp, read_root, read_stamped
 from ..io import ChunkReader, MappedArray, mappable
 from ..store import CachedStore, Store, default_cache_dir, open_store
 from ._chunks import ChunkPools, gather_fixed, gather_var, load_chunks
@@ -27,8 +27,9 @@ if TYPE_CHECKING:  # imported lazily at run time: the loader imports this module
 __all__ = ["Dataset", "open_dataset", "read_layout"]
 
 
-def read_layout(store: Store) -> DatasetLayout:
-    root = read_root(store, expect_kind="dataset")
+def read_layout(store: Store, root: RootDoc | None = None) -> DatasetLayout:
+    """The dataset's layout from its root document (read from ``store`` unless given)."""
+    root = root if root is not None else read_root(store, expect_kind="dataset")
     attrs = root.attrs
     try:
         columns = tuple(ColumnSpec.from_json(c) for c in attrs["columns"])
@@ -71,7 +72,7 @@ class Dataset:
         verify: bool = True,
         cache_dir: str | None = None,
         cache_bytes: int | str = DATASET_CACHE_BYTES,
-        root_version: str | None = None,
+        stamp: Stamp | None = None,
     ) -> None:
         self.url = url
         self.store = store
@@ -79,7 +80,8 @@ class Dataset:
         self.storage_options = dict(storage_options or {})
         self.verify = verify
         self._cache = (cache_dir, cache_bytes)
-        self.reader = ChunkReader(store, ReadConfig(verify=verify), root_version=root_version)
+        # reads return bytes of the commit opened, or raise StoreChangedError (see ChunkReader)
+        self.reader = ChunkReader(store, ReadConfig(verify=verify), stamp=stamp)
         # this process's zero-copy view of each column (a forked worker maps again)
         self._maps: PerProcess[dict[str, MappedArray]] = PerProcess(dict)
 
@@ -90,10 +92,13 @@ class Dataset:
             "storage_options": self.storage_options,
             "verify": self.verify,
             "cache": self._cache,
-            "num_rows": self.layout.num_rows,
+            "layout": self.layout,
+            "stamp": self.reader.stamp,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # the worker reads the commit the parent opened: the same layout (an append since only
+        # added rows it does not see), or StoreChangedError when the dataset was replaced
         cache_dir, cache_bytes = state["cache"]
         ds = open_dataset(
             state["url"],
@@ -102,8 +107,9 @@ class Dataset:
             cache_dir=cache_dir,
             cache_bytes=cache_bytes,
         )
-        if len(ds) != state["num_rows"]:
-            raise ShapeError(f"{ds.url} changed (now {len(ds)} samples, was {state['num_rows']})")
+        ds.layout = state["layout"]
+        ds.reader.stamp = state["stamp"]
+        ds.reader.confirm()
         self.__dict__.update(ds.__dict__)
 
     def close(self) -> None:
@@ -121,12 +127,15 @@ class Dataset:
             return None
         maps = self._maps.get()
         out = {}
+        new = {}
+        with self.reader.guard():  # mapped by path: kept only once confirmed to be the commit
+            for c in columns:      # opened (the mappings then hold that commit's files)
+                if c.name not in maps:
+                    new[c.name] = MappedArray(self.store, self.layout.main_array(c),
+                                              populate=True)
+        maps.update(new)
         for c in columns:
-            m = maps.get(c.name)
-            if m is None:
-                m = maps[c.name] = MappedArray(self.store, self.layout.main_array(c),
-                                               populate=True)
-            out[c.name] = m
+            out[c.name] = maps[c.name]
         return out
 
     # -- description --------------------------------------------------------------------------
@@ -187,7 +196,8 @@ class Dataset:
         chunks = uniq.tolist()
         slots = list(range(len(chunks)))
         for c in cols:  # the reader runs each column's requests several at a time
-            load_chunks(self.reader, self.layout, c, chunks, pools, slots)
+            load_chunks(self.reader, self.layout, c, chunks, pools, slots, confirm=False)
+        self.reader.confirm()  # once for all columns
         out: dict[str, Any] = {}
         for c in cols:
             out[c.name] = (
@@ -226,11 +236,8 @@ def open_dataset(
     in ``cache_dir`` (default ``$BIGSTORE_CACHE_DIR`` or ``~/.cache/bigstore``), LRU by bytes."""
     s = os.fspath(url)
     store = open_store(s, storage_options)
-    try:
-        version = store.version(ROOT_KEY)
-    except StoreNotFoundError:
-        version = None
-    layout = read_layout(store)
+    root, stamp = read_stamped(store, expect_kind="dataset")
+    layout = read_layout(store, root)
     cdir = os.fspath(cache_dir) if cache_dir is not None else None
     if store.is_remote:
         store = CachedStore(store, cdir or default_cache_dir(), cache_bytes)
@@ -242,5 +249,5 @@ def open_dataset(
         verify=verify,
         cache_dir=cdir,
         cache_bytes=cache_bytes,
-        root_version=version,
+        stamp=stamp,
     )

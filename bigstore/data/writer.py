@@ -24,7 +24,15 @@ import numpy as np
 
 from ..config import DatasetWriteConfig, parse_bytes
 from ..errors import InvalidKeyError, ShapeError, StoreNotFoundError
-from ..format import ROOT_KEY, ArrayLayout, ChunkCodec, encode_shard, parse_codec, write_root
+from ..format import (
+    ROOT_KEY,
+    ArrayLayout,
+    ChunkCodec,
+    encode_shard,
+    parse_codec,
+    read_root,
+    write_root,
+)
 from ..io import ChunkReader, get_executor
 from ..progress import progress_bar
 from ..store import Store, open_store
@@ -313,9 +321,9 @@ def write_dataset(
         if mode == "a":
             # held from reading the layout to the commit
             with target.write_lock(cfg.lock_timeout, stale_after=cfg.lock_stale_after) as held:
-                layout = _existing(target)
-                if layout is not None:
-                    return _append(target, layout, batches, cfg, bar, held)
+                found = _existing(target)
+                if found is not None:
+                    return _append(target, *found, batches, cfg, bar, held)
                 return _replace(target, batches, cfg, bar, overwrite, held=held)
         return _replace(target, batches, cfg, bar, overwrite, held=None)
     finally:
@@ -323,18 +331,20 @@ def write_dataset(
             bar.close()
 
 
-def _existing(target: Store) -> DatasetLayout | None:
+def _existing(target: Store) -> tuple[DatasetLayout, str | None] | None:
+    """The dataset at ``target`` (its layout and write id), or None when there is none."""
     from .dataset import read_layout
 
     try:
-        return read_layout(target)
+        root = read_root(target, expect_kind="dataset")
     except StoreNotFoundError:
         return None
+    return read_layout(target, root), root.write_id
 
 
 def _append(
-    target: Store, layout: DatasetLayout, batches: Iterable[Batch], cfg: DatasetWriteConfig,
-    bar: Any, held: WriteLock,
+    target: Store, layout: DatasetLayout, write_id: str | None, batches: Iterable[Batch],
+    cfg: DatasetWriteConfig, bar: Any, held: WriteLock,
 ) -> DatasetLayout:
     writers: dict[str, _ArrayWriter] = {}
     new = _write_batches(target, layout, batches, cfg, bar, writers, held)
@@ -342,7 +352,8 @@ def _append(
     keys, docs = _write_docs(target, new)
     if cfg.durable:  # only what this append wrote: its shards and the array documents
         target.flush([k for w in writers.values() for k in w.written] + keys)
-    write_root(target, "dataset", _root_attrs(new), docs)
+    # the same contents, more rows: readers that opened the dataset before read on
+    write_root(target, "dataset", _root_attrs(new), docs, write_id=write_id)
     if cfg.durable:
         target.flush([ROOT_KEY])  # the commit itself
     return new

@@ -14,21 +14,23 @@ the wanted rows are read).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ..config import ReadConfig
 from ..errors import (
+    BigstoreError,
     CorruptChunkError,
     StoreChangedError,
     StoreNotFoundError,
     TruncatedChunkError,
 )
-from ..format import EMPTY, ROOT_KEY, ArrayLayout, parse_index
+from ..format import EMPTY, ROOT_KEY, ArrayLayout, Stamp, parse_index, read_root
 from ..format.codecs import CRC_BYTES, check_crc
 from ..plan import ChunkRead, ReadOp, plan_reads, plan_rows
 from ..store import ByteRange, Store
@@ -70,16 +72,20 @@ def byte_view(out: Any, nbytes: int, what: str) -> memoryview:
 class ChunkReader:
     """Reads chunks of a store's arrays into caller-owned buffers. Thread-safe.
 
-    ``root_version``: the commit marker's version when the caller opened the store; a read that
-    finds chunks missing or wrong then tells whether the store was replaced since.
+    ``stamp``: the commit the caller opened (:func:`bigstore.format.read_stamped`). Every read
+    is then confirmed against it once done (one ``stat`` locally, one HEAD on object stores), so
+    a handle returns bytes of the commit it opened or raises :class:`StoreChangedError`, never
+    bytes of a newer commit read with the old layout; a read that fails (a chunk missing, short
+    or wrong) also says so when the store was replaced. Appends are not replacements: their
+    commits keep the write id, and reads go on (shard indexes are read again).
     """
 
     def __init__(
-        self, store: Store, config: ReadConfig | None = None, *, root_version: str | None = None
+        self, store: Store, config: ReadConfig | None = None, *, stamp: Stamp | None = None
     ) -> None:
         self.store = store
         self.config = config or ReadConfig()
-        self.root_version = root_version
+        self.stamp = stamp
         self._index: dict[tuple[str, int], np.ndarray[Any, Any]] = {}
         self._lock = threading.Lock()
 
@@ -88,8 +94,11 @@ class ChunkReader:
         return self.config.verify
 
     # -- public -------------------------------------------------------------------------------
-    def read_rows(self, requests: Iterable[RowRequest], *, progress: Any = None) -> None:
-        """Fill each request's buffer with its rows (every request may name another array)."""
+    def read_rows(
+        self, requests: Iterable[RowRequest], *, progress: Any = None, confirm: bool = True
+    ) -> None:
+        """Fill each request's buffer with its rows (every request may name another array).
+        ``confirm=False``: the caller calls :meth:`confirm` itself once its reads are done."""
         jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]] = []
         for req in requests:
             lay = req.layout
@@ -99,22 +108,82 @@ class ChunkReader:
                      for p in plan_rows(lay, req.start, req.stop)]
             if reads:
                 jobs.append((lay, reads, [out]))
-        self._execute(jobs, progress)
+        with self.guard(confirm=confirm):
+            self._execute_checked(jobs, progress)
 
     def read_chunks(
         self, layout: ArrayLayout, chunks: Sequence[int], outs: Sequence[Any],
-        *, progress: Any = None,
+        *, progress: Any = None, confirm: bool = True,
     ) -> None:
         """Decode whole chunks ``chunks`` of ``layout`` into ``outs`` (``chunk_nbytes`` each)."""
         views = [byte_view(o, layout.chunk_nbytes, f"array {layout.path!r}") for o in outs]
         reads = [ChunkRead(int(k), 0, layout.chunk_rows, i, 0) for i, k in enumerate(chunks)]
         if reads:
-            self._execute([(layout, reads, views)], progress)
+            with self.guard(confirm=confirm):
+                self._execute_checked([(layout, reads, views)], progress)
+
+    # -- the store under the reader -----------------------------------------------------------
+    def confirm(self) -> None:
+        """Raise StoreChangedError when the store was replaced since it was opened."""
+        if self._state() == "replaced":
+            raise self._changed()
+
+    @contextlib.contextmanager
+    def guard(self, *, confirm: bool = True) -> Iterator[None]:
+        """Around reads made outside the reader (memory-mapped chunks): a failure that comes
+        from the store having been replaced becomes StoreChangedError; success is confirmed."""
+        try:
+            yield
+        except (StoreNotFoundError, CorruptChunkError, EOFError):
+            if self._state() == "replaced":
+                raise self._changed() from None
+            raise
+        if confirm:
+            self.confirm()
+
+    def _changed(self) -> StoreChangedError:
+        return StoreChangedError(
+            f"{self.store.url} was replaced (rewritten by another write) or removed after it "
+            "was opened: open it again"
+        )
+
+    def _state(self) -> Literal["same", "appended", "replaced"]:
+        stamp = self.stamp
+        if stamp is None or stamp.version is None:
+            return "same"  # nothing to compare with
+        try:
+            now = self.store.version(ROOT_KEY)
+        except StoreNotFoundError:  # deleted, or mid-replacement (object stores uncommit first)
+            return "replaced"
+        if now == stamp.version:
+            return "same"
+        if stamp.write_id is None:
+            return "replaced"
+        try:
+            root = read_root(self.store)
+        except BigstoreError:
+            return "replaced"
+        if root.write_id != stamp.write_id:
+            return "replaced"
+        with self._lock:  # appended: committed bytes are unchanged, but a partial last shard
+            self.stamp = Stamp(now, stamp.write_id)  # was rewritten: read its index again
+            self._index.clear()
+        return "appended"
+
+    def _execute_checked(
+        self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any
+    ) -> None:
+        try:
+            self._execute(jobs, progress)
+        except (StoreNotFoundError, CorruptChunkError):
+            if self._state() != "appended":
+                raise  # the guard tells a replaced store from real damage
+            self._execute(jobs, None)  # an append rewrote a shard we had the old index of
 
     def check_chunk(self, layout: ArrayLayout, k: int) -> None:
         """Re-check chunk ``k`` completely: present, its size, its checksum, that it decodes."""
         strict = ChunkReader(self.store, ReadConfig(threads=self.config.threads, verify=True),
-                             root_version=self.root_version)
+                             stamp=self.stamp)
         strict._index = self._index
         strict._lock = self._lock
         if layout.codec.raw and not layout.sharded:  # a chunk object is exactly its size
@@ -141,12 +210,10 @@ class ChunkReader:
         skey = layout.shard_key(s)
         where = f"{self.store.url}/{skey}"
         try:
-            size = self.store.size(skey)
+            size, raw = self.store.read_tail(skey, layout.index_nbytes)
             if size < layout.index_nbytes:
                 raise TruncatedChunkError(f"{where}: {size} bytes, too short to be a shard")
-            (raw,) = self.store.get_ranges(skey, [ByteRange(size - layout.index_nbytes, size)])
         except StoreNotFoundError:
-            self._check_unchanged()
             raise CorruptChunkError(f"{where}: shard is missing") from None
         index = parse_index(layout, raw, size, where)
         with self._lock:
@@ -189,12 +256,8 @@ class ChunkReader:
     ) -> None:
         work: list[tuple[ArrayLayout, ReadOp, list[ChunkRead], list[memoryview]]] = []
         for layout, reads, outs in jobs:
-            try:
-                ops = plan_reads(reads, self._locate(layout),
-                                 max_gap=self.config.max_gap, max_request=self.config.max_request)
-            except StoreNotFoundError:
-                self._check_unchanged()
-                raise
+            ops = plan_reads(reads, self._locate(layout),
+                             max_gap=self.config.max_gap, max_request=self.config.max_request)
             work.extend((layout, op, reads, outs) for op in ops)
         if len(work) == 1:
             n = self._run_op(*work[0])
@@ -235,13 +298,9 @@ class ChunkReader:
                     self._decode(layout, reads[i], view[span.start - base : span.end - base],
                                  outs)
         except StoreNotFoundError:
-            self._check_unchanged()
             k = reads[op.members[0][0]].chunk
             where = layout.where(k, self.store.url)
             raise CorruptChunkError(f"{where}: chunk is missing") from None
-        except CorruptChunkError:
-            self._check_unchanged()
-            raise
         return sum((reads[i].hi - reads[i].lo) * layout.row_bytes for i, _ in op.members)
 
     def _dst(self, layout: ArrayLayout, r: ChunkRead, outs: list[memoryview]) -> memoryview:
@@ -319,20 +378,6 @@ class ChunkReader:
         full = memoryview(bytearray(layout.chunk_nbytes))
         layout.codec.decode_into(stored, full, verify=self.verify, where=where)
         dst[:] = full[r.lo * rb : r.hi * rb]
-
-    def _check_unchanged(self) -> None:
-        """Raise StoreChangedError when the store was replaced since the caller opened it."""
-        if self.root_version is None:
-            return
-        try:
-            now = self.store.version(ROOT_KEY)
-        except StoreNotFoundError:
-            now = None
-        if now != self.root_version:
-            raise StoreChangedError(
-                f"{self.store.url} was replaced after it was opened: open it again"
-            )
-
 
 def _scratch(n: int) -> memoryview:
     return memoryview(bytearray(n))

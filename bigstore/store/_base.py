@@ -112,6 +112,13 @@ class Store(ABC):
             o.cast("B")[:] = view[pos : pos + o.nbytes]
             pos += o.nbytes
 
+    def read_tail(self, key: str, n: int) -> tuple[int, Buffer]:
+        """(the object's size, its last ``n`` bytes or all of it when shorter): both of the
+        same object, where the backend can promise it (local files: one open descriptor)."""
+        size = self.size(key)
+        (data,) = self.get_ranges(key, [ByteRange(max(0, size - n), size)])
+        return size, data
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
@@ -136,6 +143,11 @@ class Store(ABC):
         """Remove every object under ``prefix``; ``""`` removes the whole store."""
 
     # -- capabilities (neutral defaults) ------------------------------------------------------
+    def is_file(self) -> bool:
+        """True when the store's own location is a plain object (a file), where no store can
+        be. Local stores refuse such a path when opened; object stores answer here."""
+        return False
+
     def local_file(self, key: str) -> tuple[str, int] | None:
         """Where the object lies on a local file system, so it can be memory-mapped: (path of
         the file holding it, offset of its first byte there); None for other stores."""

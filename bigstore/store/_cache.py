@@ -141,6 +141,11 @@ class CachedStore(Store):
     def get_many(self, keys: Sequence[str]) -> list[Buffer]:
         return [self.get(k) for k in keys]
 
+    def read_tail(self, key: str, n: int) -> tuple[int, Buffer]:
+        size = self.remote.size(key)  # the remote says how big the object is now
+        (data,) = self.get_ranges(key, [ByteRange(max(0, size - n), size)])
+        return size, data
+
     # -- cache upkeep -------------------------------------------------------------------------
     def _admit(self, path: Path, data: Buffer) -> None:
         n = memoryview(data).nbytes
@@ -196,6 +201,9 @@ class CachedStore(Store):
     # -- everything else goes to the remote; writes go through and invalidate ----------------
     def exists(self, key: str) -> bool:
         return self.remote.exists(key)
+
+    def is_file(self) -> bool:
+        return self.remote.is_file()
 
     def size(self, key: str) -> int:
         return self.remote.size(key)

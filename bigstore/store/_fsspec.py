@@ -142,6 +142,9 @@ class FsspecStore(Store):
                 raise v
         return list(out)
 
+    def is_file(self) -> bool:
+        return bool(self.root) and bool(self.fs.isfile(self.root))
+
     def exists(self, key: str) -> bool:
         return bool(self.fs.isfile(self._path(key)))
 

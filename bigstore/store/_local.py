@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -12,7 +13,13 @@ from typing import Literal
 
 from .. import posix
 from ..config import LOCK_STALE_AFTER
-from ..errors import NotAStoreError, StoreNotFoundError, TruncatedChunkError
+from ..errors import (
+    InvalidKeyError,
+    InvalidURLError,
+    NotAStoreError,
+    StoreNotFoundError,
+    TruncatedChunkError,
+)
 from ..forksafe import PerProcess
 from ._base import Buffer, ByteRange, Store, check_key
 from .lock import WriteLock
@@ -20,6 +27,8 @@ from .lock import WriteLock
 __all__ = ["LocalStore"]
 
 Access = Literal["normal", "sequential", "random"]
+# A name's limit is 255 bytes; writers add ".<name>.bigstore-tmp-<pid>-<8 hex>" beside the store
+_MAX_STORE_NAME = 215
 _ADVICE = {
     "normal": getattr(os, "POSIX_FADV_NORMAL", 0),
     "sequential": getattr(os, "POSIX_FADV_SEQUENTIAL", 2),
@@ -42,6 +51,19 @@ class LocalStore(Store):
         super().__init__(str(self.root))
         if self.root.exists() and not self.root.is_dir():
             raise NotAStoreError(f"{self.root} is a file, not a store (a store is a directory)")
+        if len(self.root.name.encode()) > _MAX_STORE_NAME:
+            raise InvalidURLError(
+                f"{self.root}: the store's directory name is {len(self.root.name.encode())} "
+                f"bytes; at most {_MAX_STORE_NAME} leave room for the staging directory and "
+                "lock file beside it (file systems allow 255)"
+            )
+        for parent in self.root.parents:  # a store can never be made under a file either
+            if parent.exists():
+                if not parent.is_dir():
+                    raise NotAStoreError(
+                        f"{self.root}: {parent} is a file, so no store can be there"
+                    )
+                break
         self.access: Access = access
         # Open descriptors are cached (dataset reads hit the same shard many times); the cache
         # belongs to one process: after fork the child starts with an empty one.
@@ -69,10 +91,22 @@ class LocalStore(Store):
 
     # -- reads --------------------------------------------------------------------------------
     def get(self, key: str) -> Buffer:
-        fd = self._fd(key)
-        n = os.fstat(fd).st_size
-        buf = bytearray(n)
-        self.read_into(key, 0, [memoryview(buf)])
+        # opened afresh, not from the descriptor cache: a whole object read now (a root
+        # document above all) must be the object under its name now, not a replaced one
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except (FileNotFoundError, NotADirectoryError):
+            raise StoreNotFoundError(f"{self.url}/{key} does not exist") from None
+        except IsADirectoryError:
+            raise StoreNotFoundError(f"{self.url}/{key} is a directory, not a file") from None
+        try:
+            buf = bytearray(os.fstat(fd).st_size)
+            end = _vectored(lambda vs, pos: os.preadv(fd, vs, pos), [memoryview(buf)], 0)
+        finally:
+            os.close(fd)
+        if end < len(buf):
+            raise TruncatedChunkError(f"{self.url}/{key}: file ends at byte {end}, "
+                                      f"expected {len(buf)}")
         return buf
 
     def get_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[Buffer]:
@@ -92,6 +126,15 @@ class LocalStore(Store):
             raise TruncatedChunkError(
                 f"{self.url}/{key}: file ends at byte {end}, expected {offset + want}"
             )
+
+    def read_tail(self, key: str, n: int) -> tuple[int, Buffer]:
+        # the descriptor's own size: the file later reads of this key get, even when the name
+        # was meanwhile given to a new file (an append rewrote a shard)
+        fd = self._fd(key)
+        size = os.fstat(fd).st_size
+        buf = bytearray(min(n, size))
+        self.read_into(key, size - len(buf), [memoryview(buf)])
+        return size, buf
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -182,6 +225,16 @@ class LocalStore(Store):
 
     # -- writes -------------------------------------------------------------------------------
     def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+        try:
+            self._put(key, data)
+        except OSError as e:
+            if e.errno == errno.ENAMETOOLONG:  # a file system with a shorter limit than ours
+                raise InvalidKeyError(
+                    f"{self.url}/{key}: a name is too long for this file system ({e.strerror})"
+                ) from None
+            raise
+
+    def _put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
         path = self._path(key)
         self._forget(key)
         path.parent.mkdir(parents=True, exist_ok=True)

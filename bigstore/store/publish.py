@@ -52,6 +52,8 @@ def stored_kind(target: Store) -> str | None:
             own = None
         if isinstance(own, dict):
             return str(own.get("kind", ""))
+    elif target.is_file():
+        raise NotAStoreError(f"{target.url} is a file: no store can be written there")
     elif not any(True for _ in target.list()):
         return None
     else:  # data but no commit marker: an interrupted bigstore write, or a stranger's files

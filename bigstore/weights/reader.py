@@ -11,8 +11,8 @@ import torch
 
 from .. import posix
 from ..config import ReadConfig
-from ..errors import BigstoreError, MissingTensorError, StoreNotFoundError
-from ..format import ROOT_KEY, ArrayLayout, read_root
+from ..errors import BigstoreError, MissingTensorError
+from ..format import ArrayLayout, Stamp, read_stamped
 from ..io import (
     ChunkReader,
     MappedArray,
@@ -34,12 +34,13 @@ class TensorStore(Mapping[str, "TensorHandle"]):
 
     def __init__(
         self, store: Store, layouts: dict[str, ArrayLayout], config: ReadConfig,
-        root_version: str | None = None,
+        stamp: Stamp | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self._layouts = layouts
-        self.reader = ChunkReader(store, config, root_version=root_version)
+        # reads return bytes of the commit opened, or raise StoreChangedError (see ChunkReader)
+        self.reader = ChunkReader(store, config, stamp=stamp)
 
     @classmethod
     def open(
@@ -50,16 +51,12 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         config: ReadConfig | None = None,
     ) -> TensorStore:
         store = open_store(url, storage_options)
-        try:
-            version = store.version(ROOT_KEY)
-        except StoreNotFoundError:
-            version = None
-        root = read_root(store, expect_kind="tensors")
+        root, stamp = read_stamped(store, expect_kind="tensors")
         layouts = {
             name: ArrayLayout.from_json(name, doc, f"{store.url}/{name}/zarr.json")
             for name, doc in root.arrays.items()
         }
-        return cls(store, layouts, config or ReadConfig(), version)
+        return cls(store, layouts, config or ReadConfig(), stamp)
 
     # -- mapping ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> TensorHandle:
@@ -131,7 +128,9 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         out: dict[str, torch.Tensor] = {}
         if use_map:
             mapped = [m for m in metas if mappable(self.store, m)]
-            out.update(self._load_mapped(mapped, progress))
+            # mapped by path: confirmed once mapped (the mappings then hold that commit's files)
+            with self.reader.guard():
+                out.update(self._load_mapped(mapped, progress))
             metas = [m for m in metas if m.name not in out]
         out.update(self._load_copied(metas, dev, progress))
         return {n: out[n] for n in names}
