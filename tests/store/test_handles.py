@@ -25,13 +25,18 @@ from bigstore.errors import (
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["local", "s3"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any] | None]:
-    if request.param == "local":
+def location(backend: str, request: pytest.FixtureRequest,
+             tmp_path: Path) -> tuple[str, dict[str, Any] | None]:
+    if backend == "local":
         return str(tmp_path / "store"), None
     request.applymarker(pytest.mark.s3)
     url, opts = request.getfixturevalue("s3_url")
     return url, opts
+
+
+@pytest.fixture(params=["local", "s3"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, Any] | None]:
+    return location(request.param, request, tmp_path)
 
 
 def tensors(scale: float) -> dict[str, torch.Tensor]:
@@ -69,16 +74,14 @@ def dataset(scale: int, n: int = 300) -> dict[str, Any]:
             "tok": [np.arange(i % 5, dtype=np.int32) * scale for i in range(n)]}
 
 
-@pytest.mark.parametrize("mapped", [True, False])
+@pytest.mark.parametrize("backend, mapped", [("local", True), ("local", False), ("s3", False)])
 def test_dataset_handle_after_the_dataset_was_replaced(
-    where: tuple[str, dict[str, Any] | None], tmp_path: Path, mapped: bool,
+    backend: str, mapped: bool, request: pytest.FixtureRequest, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    url, opts = where
+    url, opts = location(backend, request, tmp_path)
     if not mapped:
         monkeypatch.setenv("BIGSTORE_NO_MMAP", "1")
-    elif opts is not None:
-        pytest.skip("object stores are never mapped")
     write_dataset(url, dataset(1), storage_options=opts, chunk_rows=16)
     ds = open_dataset(url, opts, cache_dir=tmp_path / "cache")
     assert int(ds[5]["x"]) == 5
