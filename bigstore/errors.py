@@ -18,6 +18,7 @@ __all__ = [
     "IncompleteStoreError",
     "InvalidKeyError",
     "InvalidURLError",
+    "MetadataError",
     "MissingTensorError",
     "NotAStoreError",
     "ShapeError",
@@ -47,6 +48,11 @@ class StoreNotFoundError(BigstoreError, FileNotFoundError):
 
 class NotAStoreError(BigstoreError, ValueError):
     """Something exists at the URL, but it is not a bigstore store."""
+
+
+class MetadataError(NotAStoreError):
+    """An array document that is not sane (an absurd shape or chunking) or that claims more
+    than its stored objects hold: refused before anything is allocated for it."""
 
 
 class IncompleteStoreError(BigstoreError, RuntimeError):

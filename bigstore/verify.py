@@ -58,20 +58,24 @@ def verify(
     reader = ChunkReader(store)
     layouts: list[ArrayLayout] = []
     for path, doc in sorted(root.arrays.items()):
-        if not isinstance(doc, dict) or doc.get("node_type") != "array":
-            continue
         where = f"{store.url}/{path}/zarr.json"
+        # every node's own document (arrays, and the groups of variable-length columns) must
+        # be the copy the root carries: readers use the root's, zarr-python may use either
         try:
             own = json.loads(bytes(memoryview(store.get(f"{path}/zarr.json")).cast("B")))
         except BigstoreError as e:
             report.problems.append(Problem(path, None, f"{where}: {e}"))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             report.problems.append(Problem(path, None, f"{where}: not valid JSON ({e})"))
         else:
             if own != doc:
                 report.problems.append(Problem(
                     path, None, f"{where} disagrees with the consolidated copy in the root"
                 ))
+        if doc.get("node_type") != "array":
+            if root.kind == "tensors":  # every node of a tensor store is a tensor
+                report.problems.append(Problem(path, None, f"{where}: not an array document"))
+            continue  # datasets: the groups of variable-length columns (read_layout checks)
         try:
             layouts.append(ArrayLayout.from_json(path, doc, where))
         except BigstoreError as e:
@@ -86,6 +90,11 @@ def verify(
     jobs: list[tuple[ArrayLayout, int]] = []
     for lay in layouts:
         report.tensors += 1
+        try:  # a document claiming more than is stored: reported, its chunks never counted
+            reader.check_backed([lay])
+        except BigstoreError as e:
+            report.problems.append(Problem(lay.path, None, str(e)))
+            continue
         bad_shards = set()
         if lay.sharded:
             for s in range(lay.n_shards):

@@ -13,6 +13,7 @@ from typing import Any
 import bigstore_native.data as kernels
 import numpy as np
 
+from ..errors import CorruptChunkError
 from ..io import ChunkReader
 from ._schema import ColumnSpec, DatasetLayout
 
@@ -64,6 +65,11 @@ def _values_of(
     offs = offsets_raw.view(np.int64).reshape(-1, 2)[:n]
     start, stop = int(offs[:, 0].min()), int(offs[:, 1].max())
     varr = layout.values_array(col)
+    if start < 0 or stop > varr.rows or (offs[:, 1] < offs[:, 0]).any():
+        raise CorruptChunkError(
+            f"{layout.main_array(col).where(k, reader.store.url)}: offsets [{start}, {stop}) "
+            f"outside the column's {varr.rows} values"
+        )
     if stop <= start:
         return start, np.empty(0, varr.dtype.storage)
     first, last = start // varr.chunk_rows, (stop - 1) // varr.chunk_rows

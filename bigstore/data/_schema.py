@@ -60,19 +60,22 @@ class ColumnSpec:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ColumnSpec:
         try:
-            return cls(
-                str(d["name"]),
-                d["kind"],
-                dtype_spec(str(d["dtype"])),
-                tuple(int(x) for x in d.get("shape", ())),
-            )
-        except (KeyError, TypeError) as e:
+            shape = d.get("shape", ())
+            if not isinstance(d["name"], str) or not all(is_count(x) for x in shape):
+                raise TypeError("a name must be a string, a shape non-negative integers")
+            return cls(d["name"], d["kind"], dtype_spec(str(d["dtype"])), tuple(shape))
+        except (KeyError, TypeError, AttributeError) as e:  # not a mapping, or wrong types
             raise NotAStoreError(f"malformed column description {d!r} ({e})") from None
 
     def describe(self) -> tuple[str, str, tuple[int, ...] | None]:
         """(name, dtype, shape) as ``Dataset.columns`` shows it; shape None: variable length."""
         dt = {"bytes": "bytes", "str": "str"}.get(self.kind, self.dtype.name)
         return self.name, dt, (None if self.variable else self.shape)
+
+
+def is_count(x: Any) -> bool:
+    """A JSON integer >= 0 (not a bool, not a float such as 1e300 or inf)."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def group_doc() -> dict[str, Any]:
@@ -90,7 +93,7 @@ class DatasetLayout:
 
     @property
     def n_chunks(self) -> int:
-        return math.ceil(self.num_rows / self.chunk_rows) if self.num_rows else 0
+        return -(-self.num_rows // self.chunk_rows) if self.num_rows else 0  # exact for any int
 
     def column(self, name: str) -> ColumnSpec:
         for c in self.columns:

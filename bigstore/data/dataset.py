@@ -16,7 +16,7 @@ from ..format import ArrayLayout, RootDoc, Stamp, read_root, read_stamped
 from ..io import ChunkReader, MappedArray, mappable
 from ..store import CachedStore, Store, default_cache_dir, open_store
 from ._chunks import ChunkPools, gather_fixed, gather_var, load_chunks
-from ._schema import ColumnSpec, DatasetLayout
+from ._schema import ColumnSpec, DatasetLayout, is_count
 
 if TYPE_CHECKING:  # imported lazily at run time: the loader imports this module
     from typing_extensions import Unpack
@@ -33,7 +33,9 @@ def read_layout(store: Store, root: RootDoc | None = None) -> DatasetLayout:
     attrs = root.attrs
     try:
         columns = tuple(ColumnSpec.from_json(c) for c in attrs["columns"])
-        num_rows, chunk_rows = int(attrs["num_rows"]), int(attrs["chunk_rows"])
+        num_rows, chunk_rows = attrs["num_rows"], attrs["chunk_rows"]
+        if not (is_count(num_rows) and is_count(chunk_rows) and chunk_rows >= 1):
+            raise ValueError(f"num_rows {num_rows!r}, chunk_rows {chunk_rows!r}")
     except (KeyError, TypeError, ValueError) as e:
         raise NotAStoreError(f"{store.url}: malformed dataset attributes ({e})") from None
     arrays: dict[str, ArrayLayout] = {}
@@ -51,11 +53,17 @@ def read_layout(store: Store, root: RootDoc | None = None) -> DatasetLayout:
         main = layout.main_array(c)
         if main.rows != num_rows or main.chunk_rows != chunk_rows:
             raise NotAStoreError(f"{store.url}: array of column {c.name!r} disagrees with the root")
-        if c.variable and main.inner != (2,):
-            raise NotAStoreError(f"{store.url}: offsets of column {c.name!r} are not (rows, 2)")
+        if c.variable and (main.inner != (2,) or main.dtype.name != "int64"):
+            raise NotAStoreError(f"{store.url}: offsets of column {c.name!r} are not int64 "
+                                 "(rows, 2)")
         if not c.variable and main.inner != c.shape:
             raise NotAStoreError(f"{store.url}: column {c.name!r} has samples of shape "
                                  f"{main.inner}, its description says {c.shape}")
+        data = layout.values_array(c) if c.variable else main
+        if data.dtype.name != c.dtype.name or (c.variable and data.inner != ()):
+            raise NotAStoreError(f"{store.url}: column {c.name!r} is stored as "
+                                 f"{data.dtype.name} {data.shape}, its description says "
+                                 f"{c.dtype.name}")
     return layout
 
 
@@ -117,6 +125,13 @@ class Dataset:
         running keep theirs until they finish); the next loader maps again."""
         self._maps.reset()
 
+    def check_backed(self, columns: Sequence[ColumnSpec]) -> None:
+        """Raise MetadataError unless the stored shards can hold what the documents of
+        ``columns`` claim: called before anything is allocated or mapped for them."""
+        arrays = [self.layout.main_array(c) for c in columns]
+        arrays += [self.layout.values_array(c) for c in columns if c.variable]
+        self.reader.check_backed(arrays)
+
     def mapped(self, columns: Sequence[ColumnSpec]) -> dict[str, MappedArray] | None:
         """Zero-copy views of ``columns`` (made once per process), or None when not every
         column can be mapped: not on a local file system, compressed, variable length, or
@@ -125,6 +140,7 @@ class Dataset:
             c.variable or not mappable(self.store, self.layout.main_array(c)) for c in columns
         ):
             return None
+        self.check_backed(columns)
         maps = self._maps.get()
         out = {}
         new = {}
@@ -189,6 +205,7 @@ class Dataset:
         inner chunks that hold them."""
         idx = self._check(np.asarray(index).reshape(-1) if len(index) else np.empty(0, np.int64))
         cols = self.select(columns)
+        self.check_backed(cols)
         uniq, which, rows = kernels.split_by_chunk(
             idx, self.layout.chunk_rows, max(1, self.layout.n_chunks)
         )

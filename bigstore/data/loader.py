@@ -231,6 +231,7 @@ def make_prefetcher(
 ) -> Any:
     """The batch producer for one consumer: rows gathered straight from mapped shards when the
     dataset allows it (local, uncompressed, fixed-shape columns), else chunk reads + gathers."""
+    ds.check_backed(columns)  # (done by the callers already: cached) before slots are sized
     maps = ds.mapped(columns)
     if maps is not None:
         return MappedPrefetcher(
@@ -330,6 +331,7 @@ class Loader:
     # -- iteration ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
         self._invalidate()
+        self.ds.check_backed(self.columns)  # before the order is sized from the document
         runs, first, count = self._plan()
         st = self._state
         pf = make_prefetcher(

@@ -158,6 +158,7 @@ def _resume_writers(
 ) -> dict[str, _ArrayWriter]:
     """Writers that continue each array, with its partial last shard read back."""
     reader = ChunkReader(store)
+    reader.check_backed(layout.arrays.values())  # the tail read back is sized from them
     writers = {}
     for path, spec in layout.arrays.items():
         tail = spec.rows % spec.shard_rows

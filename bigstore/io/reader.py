@@ -26,6 +26,7 @@ from ..config import ReadConfig
 from ..errors import (
     BigstoreError,
     CorruptChunkError,
+    MetadataError,
     StoreChangedError,
     StoreNotFoundError,
     TruncatedChunkError,
@@ -34,6 +35,7 @@ from ..format import EMPTY, ROOT_KEY, ArrayLayout, Stamp, parse_index, read_root
 from ..format.codecs import CRC_BYTES, check_crc
 from ..plan import ChunkRead, ReadOp, plan_reads, plan_rows
 from ..store import ByteRange, Store
+from .backing import check_backed
 from .executor import get_executor
 
 __all__ = ["ChunkReader", "RowRequest", "byte_view"]
@@ -87,6 +89,7 @@ class ChunkReader:
         self.config = config or ReadConfig()
         self.stamp = stamp
         self._index: dict[tuple[str, int], np.ndarray[Any, Any]] = {}
+        self._backed: set[Any] = set()  # arrays whose documents check_backed accepted
         self._lock = threading.Lock()
 
     @property
@@ -128,13 +131,38 @@ class ChunkReader:
         if self._state() == "replaced":
             raise self._changed()
 
+    def check_backed(self, layouts: Iterable[ArrayLayout]) -> None:
+        """Before allocating for ``layouts``: raise MetadataError (naming the array) unless
+        their stored objects can hold what their documents claim (see
+        :mod:`bigstore.io.backing`). Each array is checked once per reader, several at once."""
+        todo = []
+        with self._lock:
+            for lay in layouts:
+                key = _layout_key(lay)
+                if key not in self._backed:
+                    todo.append((key, lay))
+        if not todo:
+            return
+
+        def one(item: tuple[Any, ArrayLayout]) -> None:
+            check_backed(self, item[1])
+
+        with self.guard(confirm=False):
+            if len(todo) == 1:
+                one(todo[0])
+            else:
+                for _ in get_executor(self.config.threads).map(one, todo):
+                    pass
+        with self._lock:
+            self._backed.update(key for key, _ in todo)
+
     @contextlib.contextmanager
     def guard(self, *, confirm: bool = True) -> Iterator[None]:
         """Around reads made outside the reader (memory-mapped chunks): a failure that comes
         from the store having been replaced becomes StoreChangedError; success is confirmed."""
         try:
             yield
-        except (StoreNotFoundError, CorruptChunkError, EOFError):
+        except (StoreNotFoundError, CorruptChunkError, MetadataError, EOFError):
             if self._state() == "replaced":
                 raise self._changed() from None
             raise
@@ -173,6 +201,7 @@ class ChunkReader:
     def _execute_checked(
         self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any
     ) -> None:
+        self.check_backed(lay for lay, _, _ in jobs)  # the backstop of callers' own checks
         try:
             self._execute(jobs, progress)
         except (StoreNotFoundError, CorruptChunkError):
@@ -378,6 +407,11 @@ class ChunkReader:
         full = memoryview(bytearray(layout.chunk_nbytes))
         layout.codec.decode_into(stored, full, verify=self.verify, where=where)
         dst[:] = full[r.lo * rb : r.hi * rb]
+
+def _layout_key(lay: ArrayLayout) -> Any:
+    return (lay.path, lay.shape, lay.chunk_rows, lay.chunks_per_shard, lay.codec,
+            lay.dtype.itemsize)
+
 
 def _scratch(n: int) -> memoryview:
     return memoryview(bytearray(n))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -100,7 +101,10 @@ class LocalStore(Store):
         except IsADirectoryError:
             raise StoreNotFoundError(f"{self.url}/{key} is a directory, not a file") from None
         try:
-            buf = bytearray(os.fstat(fd).st_size)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # O_RDONLY opens directories too
+                raise StoreNotFoundError(f"{self.url}/{key} is not a file")
+            buf = bytearray(st.st_size)
             end = _vectored(lambda vs, pos: os.preadv(fd, vs, pos), [memoryview(buf)], 0)
         finally:
             os.close(fd)
@@ -141,9 +145,12 @@ class LocalStore(Store):
 
     def size(self, key: str) -> int:
         try:
-            return self._path(key).stat().st_size
+            st = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             raise StoreNotFoundError(f"{self.url}/{key} does not exist") from None
+        if not stat.S_ISREG(st.st_mode):  # a directory (or stranger) is no object
+            raise StoreNotFoundError(f"{self.url}/{key} is not a file")
+        return st.st_size
 
     # -- capabilities -------------------------------------------------------------------------
     def local_file(self, key: str) -> tuple[str, int] | None:
@@ -154,6 +161,8 @@ class LocalStore(Store):
             st = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             raise StoreNotFoundError(f"{self.url}/{key} does not exist") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise StoreNotFoundError(f"{self.url}/{key} is not a file")
         # every put is a new file renamed into place: a new inode (and mtime)
         return f"{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
 
@@ -304,6 +313,9 @@ class _FdCache:
                 raise StoreNotFoundError(
                     f"{store.url}/{key}: a parent is not a directory"
                 ) from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # O_RDONLY opens directories too
+                os.close(fd)
+                raise StoreNotFoundError(f"{store.url}/{key} is not a file")
             if hasattr(os, "posix_fadvise") and store.access != "normal":
                 os.posix_fadvise(fd, 0, 0, _ADVICE[store.access])
             if len(self.fds) >= self.limit:

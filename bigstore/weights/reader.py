@@ -123,6 +123,7 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         is still checked against its crc32c before this returns."""
         names = list(self._layouts) if names is None else list(names)
         metas = [self.meta(n) for n in names]
+        self.reader.check_backed(metas)  # before mapping or allocating anything for them
         dev = torch.device(device)
         use_map = dev.type == "cpu" if mmap is None else mmap
         out: dict[str, torch.Tensor] = {}
@@ -209,6 +210,7 @@ class TensorHandle:
 
     def _rows(self, start: int, stop: int) -> np.ndarray[Any, Any]:
         m = self.meta
+        self._owner.reader.check_backed([m])  # before allocating what its document claims
         out_shape = (stop - start, *m.shape[1:]) if m.shape else ()
         out = np.empty(out_shape, dtype=m.dtype.storage)
         if out.size:
