@@ -52,9 +52,10 @@ class _ArrayWriter:
 
     def __init__(
         self, store: Store, spec: ArrayLayout, pending: np.ndarray[Any, Any] | None,
-        guard: WriteLock | None = None,
+        guard: WriteLock | None = None, durable: bool = False,
     ) -> None:
         self.store = store
+        self.durable = durable  # each shard's writeback starts once it is written
         self.guard = guard  # appends write into the live store: only while holding its lock
         self.spec = spec
         self.rows = spec.rows  # rows committed to shards or pending
@@ -84,7 +85,7 @@ class _ArrayWriter:
         spec = self.spec
 
         def write() -> None:
-            self.store.put(spec.shard_key(s), encode_shard(spec, shard))
+            self.store.put(spec.shard_key(s), encode_shard(spec, shard), writeback=self.durable)
 
         if self.guard is not None:
             self.guard.check()
@@ -154,7 +155,7 @@ def _new_layout(first: Batch, cfg: DatasetWriteConfig) -> DatasetLayout:
 
 
 def _resume_writers(
-    store: Store, layout: DatasetLayout, guard: WriteLock
+    store: Store, layout: DatasetLayout, guard: WriteLock, durable: bool
 ) -> dict[str, _ArrayWriter]:
     """Writers that continue each array, with its partial last shard read back."""
     reader = ChunkReader(store)
@@ -172,7 +173,7 @@ def _resume_writers(
                     for i in range(len(chunks))]
             reader.read_chunks(spec, chunks, outs)
             pending = buf[:tail]
-        writers[path] = _ArrayWriter(store, spec, pending, guard)
+        writers[path] = _ArrayWriter(store, spec, pending, guard, durable)
     return writers
 
 
@@ -193,11 +194,12 @@ def _write_batches(
         if first is None:
             raise ShapeError("the source holds no samples (no batches)")
         layout = _new_layout(first, cfg)
-        writers.update({p: _ArrayWriter(store, a, None) for p, a in layout.arrays.items()})
+        writers.update({p: _ArrayWriter(store, a, None, None, cfg.durable)
+                        for p, a in layout.arrays.items()})
         it = _chain(first, it)
     else:
         assert guard is not None, "appends hold the store's writer lock"
-        writers.update(_resume_writers(store, layout, guard))
+        writers.update(_resume_writers(store, layout, guard, cfg.durable))
     try:
         return _write_all(layout, writers, it, bar)
     except BaseException:

@@ -131,8 +131,12 @@ class Store(ABC):
 
     # -- writes -------------------------------------------------------------------------------
     @abstractmethod
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
-        """Write an object whole (a sequence of buffers is written back to back)."""
+    def put(
+        self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False
+    ) -> None:
+        """Write an object whole (a sequence of buffers is written back to back).
+        ``writeback``: it will be flushed before a commit: local files start writing it to
+        disk now, without waiting, so that :meth:`flush` has little left to wait for."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -213,9 +217,10 @@ class Store(ABC):
         return lease_lock(self.staging(".bigstore-lock"), self.url, timeout,
                           stale_after=stale_after)
 
-    def replace_with(self, stage: Store) -> bool:
+    def replace_with(self, stage: Store, *, durable: bool = True) -> bool:
         """Make this store's contents exactly ``stage``'s in one atomic step, consuming
-        ``stage``; False when the backend cannot (the caller then copies, commit marker last)."""
+        ``stage``; False when the backend cannot (the caller then copies, commit marker last).
+        ``durable``: the step itself survives a power loss once this returns."""
         return False
 
     # -- cache hints (no-ops where meaningless) -----------------------------------------------

@@ -240,8 +240,8 @@ class CachedStore(Store):
         self._invalidate(key)
         return created
 
-    def replace_with(self, stage: Store) -> bool:
-        if not self.remote.replace_with(stage):
+    def replace_with(self, stage: Store, *, durable: bool = True) -> bool:
+        if not self.remote.replace_with(stage, durable=durable):
             return False
         self._namespace = None  # everything changed
         return True
@@ -252,8 +252,10 @@ class CachedStore(Store):
             return
         shutil.rmtree(self._key_dir(key), ignore_errors=True)
 
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
-        self.remote.put(key, data)
+    def put(
+        self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False
+    ) -> None:
+        self.remote.put(key, data, writeback=writeback)
         self._invalidate(key)
 
     def delete(self, key: str) -> None:

@@ -239,7 +239,9 @@ class FsspecStore(Store):
             if p.startswith(root):
                 yield p[len(root) :]
 
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+    def put(
+        self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False
+    ) -> None:
         if isinstance(data, bytes | bytearray | memoryview):
             payload = bytes(data) if not isinstance(data, bytes) else data
         else:

@@ -192,12 +192,14 @@ class LocalStore(Store):
         return file_lock(self.root.with_name(f".{self.root.name}.bigstore-lock"), self.url,
                          timeout)
 
-    def replace_with(self, stage: Store) -> bool:
+    def replace_with(self, stage: Store, *, durable: bool = True) -> bool:
         if not isinstance(stage, LocalStore) or stage.root.parent != self.root.parent:
             return False
         self.close()
         stage.close()
         _swap_dirs(stage.root, self.root)
+        if durable:  # the rename itself: an entry of the parent directory
+            posix.fsync_dir(self.root.parent)
         return True
 
     def flush(self, keys: Sequence[str] | None = None) -> None:
@@ -233,9 +235,11 @@ class LocalStore(Store):
                 yield f if rel == "." else f"{rel}/{f}"
 
     # -- writes -------------------------------------------------------------------------------
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+    def put(
+        self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False
+    ) -> None:
         try:
-            self._put(key, data)
+            self._put(key, data, writeback)
         except OSError as e:
             if e.errno == errno.ENAMETOOLONG:  # a file system with a shorter limit than ours
                 raise InvalidKeyError(
@@ -243,7 +247,7 @@ class LocalStore(Store):
                 ) from None
             raise
 
-    def _put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+    def _put(self, key: str, data: Buffer | Sequence[Buffer], writeback: bool) -> None:
         path = self._path(key)
         self._forget(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +259,8 @@ class LocalStore(Store):
         try:
             views = [memoryview(p).cast("B") for p in parts]
             _vectored(lambda vs, _pos: os.writev(fd, vs), views, 0)
+            if writeback:  # the disk works on it while we write the next ones
+                posix.start_writeback(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -350,7 +356,6 @@ def _swap_dirs(new: Path, target: Path) -> None:
         os.rename(target, old)
         os.rename(new, target)
         shutil.rmtree(old, ignore_errors=True)
-    posix.fsync_dir(target.parent)
 
 
 def _fsync_file(path: Path) -> None:

@@ -70,7 +70,9 @@ class MemoryStore(Store):
             if k.startswith(p) or k == prefix:
                 yield k
 
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+    def put(
+        self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False
+    ) -> None:
         if isinstance(data, bytes | bytearray | memoryview):
             payload = bytes(memoryview(data).cast("B"))
         else:
@@ -135,7 +137,7 @@ class MemoryStore(Store):
         finally:
             self._space.writer.release()
 
-    def replace_with(self, stage: Store) -> bool:
+    def replace_with(self, stage: Store, *, durable: bool = True) -> bool:
         if not isinstance(stage, MemoryStore) or stage._space is self._space:
             return False
         with stage._space.lock:

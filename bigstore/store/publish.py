@@ -119,7 +119,7 @@ def publish(stage: Store, target: Store, *, durable: bool = True) -> None:
     """Make ``stage``'s contents the contents of ``target`` (see the module docstring)."""
     if durable:
         stage.flush()
-    if target.replace_with(stage):
+    if target.replace_with(stage, durable=durable):
         return
     target.delete(ROOT_KEY)  # uncommit first: from here on, open() refuses the half state
     target.delete_prefix("")

@@ -114,7 +114,7 @@ class TensorWriter:
         meta = ArrayLayout(name, shape, spec, rows, self._codec)
         self._write_chunks(self._stage, meta, arr)
         doc = meta.to_json()
-        self._stage.put(meta.meta_key, _json_bytes(doc))
+        self._stage.put(meta.meta_key, _json_bytes(doc), writeback=self.config.durable)
         self._metas[name] = meta
         self._docs[name] = doc
         return meta
@@ -129,7 +129,8 @@ class TensorWriter:
                 padded = np.zeros(meta.chunk_nbytes, np.uint8)
                 padded[:valid] = flat[i * meta.chunk_nbytes :]
                 body = memoryview(padded)
-            stage.put(meta.chunk_key(i), self._codec.encode(body))
+            stage.put(meta.chunk_key(i), self._codec.encode(body),
+                      writeback=self.config.durable)
             return valid
 
         ex = get_executor()
