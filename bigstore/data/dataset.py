@@ -60,7 +60,9 @@ def read_layout(store: Store, root: RootDoc | None = None) -> DatasetLayout:
             raise NotAStoreError(f"{store.url}: column {c.name!r} has samples of shape "
                                  f"{main.inner}, its description says {c.shape}")
         data = layout.values_array(c) if c.variable else main
-        if data.dtype.name != c.dtype.name or (c.variable and data.inner != ()):
+        text = c.kind in ("str", "bytes")  # written as their UTF-8 / raw bytes
+        if (data.dtype.name != c.dtype.name or (c.variable and data.inner != ())
+                or (text and c.dtype.name != "uint8")):
             raise NotAStoreError(f"{store.url}: column {c.name!r} is stored as "
                                  f"{data.dtype.name} {data.shape}, its description says "
                                  f"{c.dtype.name}")

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..config import LoaderConfig, MiB, PrefetchConfig, parse_bytes
 from ..errors import BigstoreError, ShapeError
+from ..io import StoppedError
 from ..plan.order import (
     Level,
     Order,
@@ -345,11 +346,18 @@ class Loader:
         try:
             for _ in range(n):
                 self._check(generation)
-                batch = next(pf)
+                try:
+                    batch = next(pf)
+                except StoppedError:  # stopped by another thread's iter()/load_state_dict()
+                    self._check(generation)
+                    raise
                 self._check(generation)
-                self._state.batches += 1  # counted when handed over: never lost, never repeated
                 out = to_device(batch, self.config)
-                yield self.config.transform(out) if self.config.transform else out
+                out = self.config.transform(out) if self.config.transform else out
+                # counted when handed over (a transform that raised handed nothing over):
+                # never lost, never repeated
+                self._state.batches += 1
+                yield out
             self._check(generation)
             self._state.new_epoch(self._state.spec.epoch + 1)
         finally:

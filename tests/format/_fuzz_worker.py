@@ -96,7 +96,8 @@ def check_rows(batch: dict[str, Any], ids: Any = None) -> None:
                                   DATASET["x"][ids].reshape(len(ids), -1)), col
         elif col in ("tok", "name"):  # the same bytes (a kind edited str <-> bytes <-> list
             for t, i in zip(got, ids):  # changes how they are handed out, not what they are)
-                raw = t.encode() if isinstance(t, str) else as_bytes(np.asarray(t))
+                raw = (t.encode() if isinstance(t, str) else bytes(t) if isinstance(t, bytes)
+                       else as_bytes(np.asarray(t)))
                 want = DATASET[col][i]
                 assert raw == (want.encode() if isinstance(want, str) else want.tobytes()), col
 
