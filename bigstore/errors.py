@@ -51,8 +51,9 @@ class NotAStoreError(BigstoreError, ValueError):
 
 
 class MetadataError(NotAStoreError):
-    """An array document that is not sane (an absurd shape or chunking) or that claims more
-    than its stored objects hold: refused before anything is allocated for it."""
+    """An array document that is not sane (a size past int64, an absurd chunking): refused
+    when it is read. (A sane document claiming more than its objects hold is refused before
+    anything is allocated, with the CorruptChunkError of the chunk that gives it away.)"""
 
 
 class IncompleteStoreError(BigstoreError, RuntimeError):

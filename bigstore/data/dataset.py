@@ -128,8 +128,9 @@ class Dataset:
         self._maps.reset()
 
     def check_backed(self, columns: Sequence[ColumnSpec]) -> None:
-        """Raise MetadataError unless the stored shards can hold what the documents of
-        ``columns`` claim: called before anything is allocated or mapped for them."""
+        """Raise (CorruptChunkError, naming the array and chunk) unless the stored shards can
+        hold what the documents of ``columns`` claim: before anything is allocated or mapped
+        for them."""
         arrays = [self.layout.main_array(c) for c in columns]
         arrays += [self.layout.values_array(c) for c in columns if c.variable]
         self.reader.check_backed(arrays)

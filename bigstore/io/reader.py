@@ -35,7 +35,7 @@ from ..format import EMPTY, ROOT_KEY, ArrayLayout, Stamp, parse_index, read_root
 from ..format.codecs import CRC_BYTES, check_crc
 from ..plan import ChunkRead, ReadOp, plan_reads, plan_rows
 from ..store import ByteRange, Store
-from .backing import check_backed
+from .backing import check_backed, end_chunks
 from .executor import get_executor
 
 __all__ = ["ChunkReader", "RowRequest", "byte_view"]
@@ -89,7 +89,7 @@ class ChunkReader:
         self.config = config or ReadConfig()
         self.stamp = stamp
         self._index: dict[tuple[str, int], np.ndarray[Any, Any]] = {}
-        self._backed: set[Any] = set()  # arrays whose documents check_backed accepted
+        self._backed: set[Any] = set()  # (array, chunk) pairs check_backed accepted
         self._lock = threading.Lock()
 
     @property
@@ -131,21 +131,27 @@ class ChunkReader:
         if self._state() == "replaced":
             raise self._changed()
 
-    def check_backed(self, layouts: Iterable[ArrayLayout]) -> None:
-        """Before allocating for ``layouts``: raise MetadataError (naming the array) unless
-        their stored objects can hold what their documents claim (see
-        :mod:`bigstore.io.backing`). Each array is checked once per reader, several at once."""
+    def check_backed(
+        self, layouts: Iterable[ArrayLayout], *, rows: tuple[int, int] | None = None
+    ) -> None:
+        """Before allocating for ``layouts`` (their rows [start, stop), or all of them): raise
+        an error naming the array and chunk unless the stored objects can hold what the
+        documents claim (see :mod:`bigstore.io.backing`). Each chunk is checked once per
+        reader, several at once."""
+        self._check_backed([(lay, k) for lay in layouts for k in end_chunks(lay, rows)])
+
+    def _check_backed(self, chunks: Sequence[tuple[ArrayLayout, int]]) -> None:
         todo = []
         with self._lock:
-            for lay in layouts:
-                key = _layout_key(lay)
+            for lay, k in chunks:
+                key = (_layout_key(lay), k)
                 if key not in self._backed:
-                    todo.append((key, lay))
+                    todo.append((key, lay, k))
         if not todo:
             return
 
-        def one(item: tuple[Any, ArrayLayout]) -> None:
-            check_backed(self, item[1])
+        def one(item: tuple[Any, ArrayLayout, int]) -> None:
+            check_backed(self, item[1], item[2])
 
         with self.guard(confirm=False):
             if len(todo) == 1:
@@ -154,7 +160,7 @@ class ChunkReader:
                 for _ in get_executor(self.config.threads).map(one, todo):
                     pass
         with self._lock:
-            self._backed.update(key for key, _ in todo)
+            self._backed.update(key for key, _, _ in todo)
 
     @contextlib.contextmanager
     def guard(self, *, confirm: bool = True) -> Iterator[None]:
@@ -201,7 +207,9 @@ class ChunkReader:
     def _execute_checked(
         self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any
     ) -> None:
-        self.check_backed(lay for lay, _, _ in jobs)  # the backstop of callers' own checks
+        # the backstop of callers' own checks: the chunks at both ends of what is read
+        self._check_backed([(lay, k) for lay, reads, _ in jobs
+                            for k in {min(r.chunk for r in reads), max(r.chunk for r in reads)}])
         try:
             self._execute(jobs, progress)
         except (StoreNotFoundError, CorruptChunkError):
@@ -215,17 +223,9 @@ class ChunkReader:
                              stamp=self.stamp)
         strict._index = self._index
         strict._lock = self._lock
-        if layout.codec.raw and not layout.sharded:  # a chunk object is exactly its size
-            key = layout.chunk_key(k)
-            try:
-                size = self.store.size(key)
-            except StoreNotFoundError:
-                raise CorruptChunkError(
-                    f"{layout.where(k, self.store.url)}: chunk is missing"
-                ) from None
-            if size != layout.stored_chunk_nbytes:
-                raise TruncatedChunkError(f"{layout.where(k, self.store.url)}: {size} bytes "
-                                          f"stored, expected {layout.stored_chunk_nbytes}")
+        # present, its exact size (or decoded size): before a chunk's worth is allocated (not
+        # remembered: verify visits every chunk once)
+        check_backed(self, layout, k)
         scratch = memoryview(bytearray(layout.chunk_nbytes))
         strict._run_one(layout, [ChunkRead(k, 0, layout.chunk_rows)], [scratch])
 

@@ -210,7 +210,8 @@ class TensorHandle:
 
     def _rows(self, start: int, stop: int) -> np.ndarray[Any, Any]:
         m = self.meta
-        self._owner.reader.check_backed([m])  # before allocating what its document claims
+        # before allocating what its document claims for these rows
+        self._owner.reader.check_backed([m], rows=(start, stop))
         out_shape = (stop - start, *m.shape[1:]) if m.shape else ()
         out = np.empty(out_shape, dtype=m.dtype.storage)
         if out.size:
