@@ -7,7 +7,9 @@ store's writer lock. Others wait for it (up to ``lock_timeout``) and then go ahe
 state; after the timeout they fail with :class:`ConcurrentWriteError`, having changed nothing.
 
 * Local directories: ``flock`` on ``.<name>.bigstore-lock`` beside the store. The kernel releases
-  it when the holder dies, so a killed writer never blocks the next one.
+  it when the holder dies, so a killed writer never blocks the next one. The holder removes the
+  file while still holding it; a waiter that then finds the path gone (or naming a newer file)
+  locks again, so no lock file outlives its write (one left by a killed writer is reused).
 * Object stores: a lease object ``<url>.bigstore-lock/lease`` created with a conditional put
   (S3 ``If-None-Match: *``: exactly one creator wins). The holder rewrites it every
   ``stale_after / 4`` seconds, each time on condition that it is still the version it wrote
@@ -84,26 +86,41 @@ def _gave_up(url: str, timeout: float, holder: str) -> ConcurrentWriteError:
 
 @contextlib.contextmanager
 def file_lock(path: Path, url: str, timeout: float) -> Iterator[WriteLock]:
-    """An exclusive ``flock`` on ``path`` (created if absent, never deleted: deleting it would
-    let a waiter lock an unlinked file while a newcomer locks a new one)."""
+    """An exclusive ``flock`` on ``path``, removed again when released."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise _gave_up(url, timeout, "process") from None
-                time.sleep(_POLL)
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
-            yield WriteLock(url)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            _flock(fd, url, timeout, deadline)
+            try:  # still the file under that name? (its holder may have removed it meanwhile)
+                same = path.stat().st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # locked a removed file: lock the one under the name now
+    try:
+        yield WriteLock(url)
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # while still holding it: waiters on this file will see it gone
+        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _flock(fd: int, url: str, timeout: float, deadline: float) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise _gave_up(url, timeout, "process") from None
+            time.sleep(_POLL)
 
 
 @contextlib.contextmanager

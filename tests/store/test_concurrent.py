@@ -126,9 +126,7 @@ def no_leftovers(url: str, opts: dict[str, Any] | None) -> None:
     """No staging directory, temporary object or lease is left beside the store."""
     if "://" not in url:
         parent = Path(url).parent
-        assert not [p.name for p in parent.iterdir() if ".bigstore-tmp-" in p.name]
-        lock = parent / f".{Path(url).name}.bigstore-lock"
-        assert lock.is_file()  # the lock file stays (see bigstore.store.lock); nothing else
+        assert not [p.name for p in parent.iterdir() if ".bigstore-" in p.name]  # nor a lock
     else:
         assert not list(open_store(url + ".bigstore-lock", opts).list())
         store = open_store(url.rsplit("/", 1)[0], opts)
