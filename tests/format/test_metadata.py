@@ -136,7 +136,7 @@ def test_verify_notices_a_per_array_document_that_disagrees(tmp_path: Path) -> N
 def test_metadata_fuzz_only_clear_errors_no_hang_no_allocation(tmp_path: Path) -> None:
     env = dict(os.environ, MALLOC_ARENA_MAX="2")  # glibc's per-thread arenas: 64 MiB each
     proc = subprocess.run(
-        [sys.executable, str(FUZZ), str(tmp_path), "400"], capture_output=True, text=True,
+        [sys.executable, str(FUZZ), str(tmp_path), "300"], capture_output=True, text=True,
         timeout=280, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
