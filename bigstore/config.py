@@ -13,10 +13,9 @@ from .errors import BigstoreError, UnsupportedCodecError
 __all__ = [
     "DATASET_CACHE_BYTES", "DATASET_MAX_CATEGORIES", "DATASET_SIZING_BYTES",
     "DATASET_SIZING_ROWS", "EXCHANGE_BYTES", "HOST_FRACTION", "INGEST_RETRIES",
-    "DatasetWriteConfig", "GiB", "KiB", "LoaderConfig", "LosslessConfig", "MiB", "OffloadConfig",
-    "PrefetchConfig",
-    "QuantizeConfig", "ReadConfig", "WriteConfig", "available_memory", "default_io_threads",
-    "parse_bytes",
+    "LOCK_STALE_AFTER", "LOCK_TIMEOUT", "DatasetWriteConfig", "GiB", "KiB", "LoaderConfig",
+    "LosslessConfig", "MiB", "OffloadConfig", "PrefetchConfig", "QuantizeConfig", "ReadConfig",
+    "WriteConfig", "available_memory", "default_io_threads", "parse_bytes",
 ]
 
 KiB = 1 << 10
@@ -52,6 +51,20 @@ def default_io_threads() -> int:
     return max(4, min(16, 2 * (os.cpu_count() or 2)))
 
 
+#: seconds a writer waits for another writer of the same store before ConcurrentWriteError
+LOCK_TIMEOUT = 600.0
+#: seconds an object-store writer lease may go unrefreshed before waiters take its holder for
+#: dead (killed); holders refresh it every quarter of this (see bigstore.store.lock)
+LOCK_STALE_AFTER = 120.0
+
+
+def _check_lock(timeout: float, stale_after: float) -> None:
+    if timeout < 0:
+        raise BigstoreError(f"lock_timeout must be >= 0 seconds, got {timeout}")
+    if stale_after <= 0:
+        raise BigstoreError(f"lock_stale_after must be > 0 seconds, got {stale_after}")
+
+
 @dataclass(frozen=True)
 class WriteConfig:
     """How tensors are laid out when written, and how a write commits.
@@ -65,19 +78,21 @@ class WriteConfig:
     lock_timeout: seconds to wait for another writer of the same store before giving up with
         ConcurrentWriteError.
     quantize: store the tensors its policy selects group-wise quantized (None: none).
+    lock_stale_after: object stores: seconds after which a writer lease nobody refreshed is
+        taken for a killed writer's and broken (see bigstore.store.lock).
     """
 
     chunk_bytes: int = 64 * MiB
     codec: str | None = None
     durable: bool = True
-    lock_timeout: float = 600.0
+    lock_timeout: float = LOCK_TIMEOUT
+    lock_stale_after: float = LOCK_STALE_AFTER
     quantize: QuantizeConfig | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0:
             raise BigstoreError(f"chunk_bytes must be positive, got {self.chunk_bytes}")
-        if self.lock_timeout < 0:
-            raise BigstoreError(f"lock_timeout must be >= 0 seconds, got {self.lock_timeout}")
+        _check_lock(self.lock_timeout, self.lock_stale_after)
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,7 @@ class DatasetWriteConfig:
 
     chunk_rows: samples per inner chunk (None: about ``chunk_bytes`` of all columns).
     shard_bytes: target bytes per shard object. codec: as WriteConfig.codec.
+    durable, lock_timeout, lock_stale_after: as in WriteConfig.
     """
 
     chunk_rows: int | None = None
@@ -113,13 +129,15 @@ class DatasetWriteConfig:
     shard_bytes: int = 128 * MiB
     codec: str | None = None
     durable: bool = True
-    lock_timeout: float = 600.0
+    lock_timeout: float = LOCK_TIMEOUT
+    lock_stale_after: float = LOCK_STALE_AFTER
 
     def __post_init__(self) -> None:
         if self.chunk_rows is not None and self.chunk_rows <= 0:
             raise BigstoreError(f"chunk_rows must be positive, got {self.chunk_rows}")
         if self.chunk_bytes <= 0 or self.shard_bytes <= 0:
             raise BigstoreError("chunk_bytes and shard_bytes must be positive")
+        _check_lock(self.lock_timeout, self.lock_stale_after)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidURLError",
     "MissingDependencyError",
+    "MetadataError",
     "MissingTensorError",
     "NotAStoreError",
     "QuantizeError",
@@ -53,6 +54,12 @@ class StoreNotFoundError(BigstoreError, FileNotFoundError):
 
 class NotAStoreError(BigstoreError, ValueError):
     """Something exists at the URL, but it is not a bigstore store."""
+
+
+class MetadataError(NotAStoreError):
+    """An array document that is not sane (a size past int64, an absurd chunking): refused
+    when it is read. (A sane document claiming more than its objects hold is refused before
+    anything is allocated, with the CorruptChunkError of the chunk that gives it away.)"""
 
 
 class IncompleteStoreError(BigstoreError, RuntimeError):

@@ -14,11 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BigstoreError
-from .format import ArrayLayout, read_root
+from .format import ArrayLayout, is_quantized_doc, read_root
 from .io import ChunkReader, get_executor
 from .store import open_store
 
 __all__ = ["Problem", "VerifyReport", "verify"]
+
+
+# an array whose end chunks do not match its document still has each chunk checked, up to this
+# many (a document claiming 10**9 chunks is reported once, not enumerated)
+_MAX_UNBACKED_CHUNKS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -58,20 +63,25 @@ def verify(
     reader = ChunkReader(store)
     layouts: list[ArrayLayout] = []
     for path, doc in sorted(root.arrays.items()):
-        if not isinstance(doc, dict) or doc.get("node_type") != "array":
-            continue
         where = f"{store.url}/{path}/zarr.json"
+        # every node's own document (arrays, and the groups of variable-length columns) must
+        # be the copy the root carries: readers use the root's, zarr-python may use either
         try:
             own = json.loads(bytes(memoryview(store.get(f"{path}/zarr.json")).cast("B")))
         except BigstoreError as e:
             report.problems.append(Problem(path, None, f"{where}: {e}"))
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             report.problems.append(Problem(path, None, f"{where}: not valid JSON ({e})"))
         else:
             if own != doc:
                 report.problems.append(Problem(
                     path, None, f"{where} disagrees with the consolidated copy in the root"
                 ))
+        if doc.get("node_type") != "array":
+            # every node of a tensor store is a tensor (a quantized one is a group of arrays)
+            if root.kind == "tensors" and not is_quantized_doc(doc):
+                report.problems.append(Problem(path, None, f"{where}: not an array document"))
+            continue  # datasets: the groups of variable-length columns (read_layout checks)
         try:
             layouts.append(ArrayLayout.from_json(path, doc, where))
         except BigstoreError as e:
@@ -86,6 +96,12 @@ def verify(
     jobs: list[tuple[ArrayLayout, int]] = []
     for lay in layouts:
         report.tensors += 1
+        try:  # a document claiming more than is stored: its chunks are only listed when few
+            reader.check_backed([lay])
+        except BigstoreError as e:
+            report.problems.append(Problem(lay.path, None, str(e)))
+            if lay.n_chunks > _MAX_UNBACKED_CHUNKS:
+                continue
         bad_shards = set()
         if lay.sharded:
             for s in range(lay.n_shards):

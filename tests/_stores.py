@@ -14,7 +14,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+from bigstore.config import LOCK_STALE_AFTER
 from bigstore.store import Buffer, ByteRange, Store
+from bigstore.store.lock import WriteLock
 
 
 def _log(path: str, line: str) -> None:
@@ -64,13 +66,13 @@ class LoggedStore(Store):
         return self.inner.version(key)
 
     # writes
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+    def put(self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False) -> None:
         marker = self.log + ".failed"
         if key == self.fail_once and not Path(marker).exists():
             Path(marker).touch()
             _log(self.log, f"put {key} fail")
             raise OSError(f"injected failure writing {key}")
-        self.inner.put(key, data)
+        self.inner.put(key, data, writeback=writeback)
         _log(self.log, f"put {key} ok")
 
     def delete(self, key: str) -> None:
@@ -86,11 +88,14 @@ class LoggedStore(Store):
     def staging(self, tag: str) -> Store:
         return LoggedStore(self.inner.staging(tag), self.log, self.fail_once)
 
-    def write_lock(self, timeout: float) -> AbstractContextManager[None]:
-        return self.inner.write_lock(timeout)
+    def write_lock(
+        self, timeout: float, *, stale_after: float = LOCK_STALE_AFTER
+    ) -> AbstractContextManager[WriteLock]:
+        return self.inner.write_lock(timeout, stale_after=stale_after)
 
-    def replace_with(self, stage: Store) -> bool:
-        return self.inner.replace_with(stage.inner if isinstance(stage, LoggedStore) else stage)
+    def replace_with(self, stage: Store, *, durable: bool = True) -> bool:
+        inner = stage.inner if isinstance(stage, LoggedStore) else stage
+        return self.inner.replace_with(inner, durable=durable)
 
     def flush(self, keys: Sequence[str] | None = None) -> None:
         self.inner.flush(keys)

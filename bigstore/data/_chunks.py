@@ -13,6 +13,7 @@ from typing import Any
 import bigstore_native.data as kernels
 import numpy as np
 
+from ..errors import CorruptChunkError
 from ..io import ChunkReader
 from ._schema import ColumnSpec, DatasetLayout
 
@@ -42,16 +43,19 @@ class ChunkPools:
 
 def load_chunks(
     reader: ChunkReader, layout: DatasetLayout, col: ColumnSpec, chunks: Sequence[int],
-    pools: ChunkPools, slots: Sequence[int],
+    pools: ChunkPools, slots: Sequence[int], *, confirm: bool = True,
 ) -> None:
     """Read chunks ``chunks`` of column ``col`` into ``slots`` of ``pools`` (a variable-length
-    column: its offsets, then the values those offsets span)."""
+    column: its offsets, then the values those offsets span). ``confirm``: check the store was
+    not replaced meanwhile (see ChunkReader); False when the caller does it once for several."""
     arr = layout.main_array(col)
     pool = pools.fixed[col.name]
-    reader.read_chunks(arr, list(chunks), [pool[s] for s in slots])
+    reader.read_chunks(arr, list(chunks), [pool[s] for s in slots], confirm=False)
     if col.variable:
         for k, s in zip(chunks, slots):
             pools.values[col.name][s] = _values_of(reader, layout, col, int(k), pool[s])
+    if confirm:
+        reader.confirm()
 
 
 def _values_of(
@@ -61,13 +65,18 @@ def _values_of(
     offs = offsets_raw.view(np.int64).reshape(-1, 2)[:n]
     start, stop = int(offs[:, 0].min()), int(offs[:, 1].max())
     varr = layout.values_array(col)
+    if start < 0 or stop > varr.rows or (offs[:, 1] < offs[:, 0]).any():
+        raise CorruptChunkError(
+            f"{layout.main_array(col).where(k, reader.store.url)}: offsets [{start}, {stop}) "
+            f"outside the column's {varr.rows} values"
+        )
     if stop <= start:
         return start, np.empty(0, varr.dtype.storage)
     first, last = start // varr.chunk_rows, (stop - 1) // varr.chunk_rows
     chunks = list(range(first, last + 1))
     buf = np.empty(len(chunks) * varr.chunk_nbytes, np.uint8)
     outs = [buf[i * varr.chunk_nbytes : (i + 1) * varr.chunk_nbytes] for i in range(len(chunks))]
-    reader.read_chunks(varr, chunks, outs)
+    reader.read_chunks(varr, chunks, outs, confirm=False)
     elems = buf.view(varr.dtype.storage)
     lo = start - first * varr.chunk_rows
     return start, elems[lo : lo + (stop - start)].copy()

@@ -83,11 +83,14 @@ class ColumnSpec:
     def from_json(cls, d: dict[str, Any]) -> ColumnSpec:
         try:
             logical = d.get("logical")
+            shape = d.get("shape", ())
+            if not isinstance(d["name"], str) or not all(is_count(x) for x in shape):
+                raise TypeError("a name must be a string, a shape non-negative integers")
             return cls(
-                str(d["name"]),
+                d["name"],
                 d["kind"],
                 dtype_spec(str(d["dtype"])),
-                tuple(int(x) for x in d.get("shape", ())),
+                tuple(shape),
                 LogicalType.from_json(logical) if logical is not None else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -101,6 +104,11 @@ class ColumnSpec:
         else:
             dt = {"bytes": "bytes", "str": "str"}.get(self.kind, self.dtype.name)
         return self.name, dt, (None if self.variable else self.shape)
+
+
+def is_count(x: Any) -> bool:
+    """A JSON integer >= 0 (not a bool, not a float such as 1e300 or inf)."""
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def group_doc() -> dict[str, Any]:
@@ -118,7 +126,7 @@ class DatasetLayout:
 
     @property
     def n_chunks(self) -> int:
-        return math.ceil(self.num_rows / self.chunk_rows) if self.num_rows else 0
+        return -(-self.num_rows // self.chunk_rows) if self.num_rows else 0  # exact for any int
 
     def column(self, name: str) -> ColumnSpec:
         for c in self.columns:

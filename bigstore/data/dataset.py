@@ -10,15 +10,15 @@ import bigstore_native.data as kernels
 import numpy as np
 
 from ..config import DATASET_CACHE_BYTES, ReadConfig
-from ..errors import InvalidIndexError, NotAStoreError, ShapeError, StoreNotFoundError
+from ..errors import InvalidIndexError, NotAStoreError
 from ..forksafe import PerProcess
-from ..format import ROOT_KEY, ArrayLayout, read_root
+from ..format import ArrayLayout, RootDoc, Stamp, read_root, read_stamped
 from ..io import ChunkReader, MappedArray, mappable
 from ..plan.index import select_rows
 from ..store import CachedStore, Store, default_cache_dir, open_store
 from ._chunks import ChunkPools, gather_fixed, gather_var, load_chunks
 from ._kinds import decode_batch
-from ._schema import ColumnSpec, DatasetLayout
+from ._schema import ColumnSpec, DatasetLayout, is_count
 
 if TYPE_CHECKING:  # imported lazily at run time: the loader imports this module
     from typing_extensions import Unpack
@@ -29,12 +29,15 @@ if TYPE_CHECKING:  # imported lazily at run time: the loader imports this module
 __all__ = ["Dataset", "open_dataset", "read_layout"]
 
 
-def read_layout(store: Store) -> DatasetLayout:
-    root = read_root(store, expect_kind="dataset")
+def read_layout(store: Store, root: RootDoc | None = None) -> DatasetLayout:
+    """The dataset's layout from its root document (read from ``store`` unless given)."""
+    root = root if root is not None else read_root(store, expect_kind="dataset")
     attrs = root.attrs
     try:
         columns = tuple(ColumnSpec.from_json(c) for c in attrs["columns"])
-        num_rows, chunk_rows = int(attrs["num_rows"]), int(attrs["chunk_rows"])
+        num_rows, chunk_rows = attrs["num_rows"], attrs["chunk_rows"]
+        if not (is_count(num_rows) and is_count(chunk_rows) and chunk_rows >= 1):
+            raise ValueError(f"num_rows {num_rows!r}, chunk_rows {chunk_rows!r}")
     except (KeyError, TypeError, ValueError) as e:
         raise NotAStoreError(f"{store.url}: malformed dataset attributes ({e})") from None
     arrays: dict[str, ArrayLayout] = {}
@@ -52,11 +55,19 @@ def read_layout(store: Store) -> DatasetLayout:
         main = layout.main_array(c)
         if main.rows != num_rows or main.chunk_rows != chunk_rows:
             raise NotAStoreError(f"{store.url}: array of column {c.name!r} disagrees with the root")
-        if c.variable and main.inner != (2,):
-            raise NotAStoreError(f"{store.url}: offsets of column {c.name!r} are not (rows, 2)")
+        if c.variable and (main.inner != (2,) or main.dtype.name != "int64"):
+            raise NotAStoreError(f"{store.url}: offsets of column {c.name!r} are not int64 "
+                                 "(rows, 2)")
         if not c.variable and main.inner != c.shape:
             raise NotAStoreError(f"{store.url}: column {c.name!r} has samples of shape "
                                  f"{main.inner}, its description says {c.shape}")
+        data = layout.values_array(c) if c.variable else main
+        text = c.kind in ("str", "bytes")  # written as their UTF-8 / raw bytes
+        if (data.dtype.name != c.dtype.name or (c.variable and data.inner != ())
+                or (text and c.dtype.name != "uint8")):
+            raise NotAStoreError(f"{store.url}: column {c.name!r} is stored as "
+                                 f"{data.dtype.name} {data.shape}, its description says "
+                                 f"{c.dtype.name}")
     return layout
 
 
@@ -73,7 +84,7 @@ class Dataset:
         verify: bool = True,
         cache_dir: str | None = None,
         cache_bytes: int | str = DATASET_CACHE_BYTES,
-        root_version: str | None = None,
+        stamp: Stamp | None = None,
     ) -> None:
         self.url = url
         self.store = store
@@ -81,7 +92,8 @@ class Dataset:
         self.storage_options = dict(storage_options or {})
         self.verify = verify
         self._cache = (cache_dir, cache_bytes)
-        self.reader = ChunkReader(store, ReadConfig(verify=verify), root_version=root_version)
+        # reads return bytes of the commit opened, or raise StoreChangedError (see ChunkReader)
+        self.reader = ChunkReader(store, ReadConfig(verify=verify), stamp=stamp)
         # this process's zero-copy view of each column (a forked worker maps again)
         self._maps: PerProcess[dict[str, MappedArray]] = PerProcess(dict)
 
@@ -92,10 +104,13 @@ class Dataset:
             "storage_options": self.storage_options,
             "verify": self.verify,
             "cache": self._cache,
-            "num_rows": self.layout.num_rows,
+            "layout": self.layout,
+            "stamp": self.reader.stamp,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # the worker reads the commit the parent opened: the same layout (an append since only
+        # added rows it does not see), or StoreChangedError when the dataset was replaced
         cache_dir, cache_bytes = state["cache"]
         ds = open_dataset(
             state["url"],
@@ -104,14 +119,23 @@ class Dataset:
             cache_dir=cache_dir,
             cache_bytes=cache_bytes,
         )
-        if len(ds) != state["num_rows"]:
-            raise ShapeError(f"{ds.url} changed (now {len(ds)} samples, was {state['num_rows']})")
+        ds.layout = state["layout"]
+        ds.reader.stamp = state["stamp"]
+        ds.reader.confirm()
         self.__dict__.update(ds.__dict__)
 
     def close(self) -> None:
         """Release this process's memory mappings of the dataset's shards (loaders that are
         running keep theirs until they finish); the next loader maps again."""
         self._maps.reset()
+
+    def check_backed(self, columns: Sequence[ColumnSpec]) -> None:
+        """Raise (CorruptChunkError, naming the array and chunk) unless the stored shards can
+        hold what the documents of ``columns`` claim: before anything is allocated or mapped
+        for them."""
+        arrays = [self.layout.main_array(c) for c in columns]
+        arrays += [self.layout.values_array(c) for c in columns if c.variable]
+        self.reader.check_backed(arrays)
 
     def mapped(self, columns: Sequence[ColumnSpec]) -> dict[str, MappedArray] | None:
         """Zero-copy views of ``columns`` (made once per process), or None when not every
@@ -121,14 +145,18 @@ class Dataset:
             c.variable or not mappable(self.store, self.layout.main_array(c)) for c in columns
         ):
             return None
+        self.check_backed(columns)
         maps = self._maps.get()
         out = {}
+        new = {}
+        with self.reader.guard():  # mapped by path: kept only once confirmed to be the commit
+            for c in columns:      # opened (the mappings then hold that commit's files)
+                if c.name not in maps:
+                    new[c.name] = MappedArray(self.store, self.layout.main_array(c),
+                                              populate=True)
+        maps.update(new)
         for c in columns:
-            m = maps.get(c.name)
-            if m is None:
-                m = maps[c.name] = MappedArray(self.store, self.layout.main_array(c),
-                                               populate=True)
-            out[c.name] = m
+            out[c.name] = maps[c.name]
         return out
 
     # -- description --------------------------------------------------------------------------
@@ -188,6 +216,7 @@ class Dataset:
         only the inner chunks that hold them."""
         idx = self._check(index)
         cols = self.select(columns)
+        self.check_backed(cols)
         uniq, which, rows = kernels.split_by_chunk(
             idx, self.layout.chunk_rows, max(1, self.layout.n_chunks)
         )
@@ -195,7 +224,8 @@ class Dataset:
         chunks = uniq.tolist()
         slots = list(range(len(chunks)))
         for c in cols:  # the reader runs each column's requests several at a time
-            load_chunks(self.reader, self.layout, c, chunks, pools, slots)
+            load_chunks(self.reader, self.layout, c, chunks, pools, slots, confirm=False)
+        self.reader.confirm()  # once for all columns
         out: dict[str, Any] = {}
         for c in cols:
             out[c.name] = (
@@ -234,11 +264,8 @@ def open_dataset(
     in ``cache_dir`` (default ``$BIGSTORE_CACHE_DIR`` or ``~/.cache/bigstore``), LRU by bytes."""
     s = os.fspath(url)
     store = open_store(s, storage_options)
-    try:
-        version = store.version(ROOT_KEY)
-    except StoreNotFoundError:
-        version = None
-    layout = read_layout(store)
+    root, stamp = read_stamped(store, expect_kind="dataset")
+    layout = read_layout(store, root)
     cdir = os.fspath(cache_dir) if cache_dir is not None else None
     if store.is_remote:
         store = CachedStore(store, cdir or default_cache_dir(), cache_bytes)
@@ -250,5 +277,5 @@ def open_dataset(
         verify=verify,
         cache_dir=cdir,
         cache_bytes=cache_bytes,
-        root_version=version,
+        stamp=stamp,
     )

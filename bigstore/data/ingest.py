@@ -440,7 +440,7 @@ def write_distributed(
     token = job_token or _job_token(parts, cfg, targets, target.url)
     stage = target.staging(STAGE_TAG + token)
     job = _Job(client, parts, cfg, stage, token, retries, progress, target.url)
-    with stage.write_lock(cfg.lock_timeout):  # one driver per job at a time
+    with stage.write_lock(cfg.lock_timeout, stale_after=cfg.lock_stale_after):  # one driver
         try:
             layout, counts = job.plan(targets)
             job.write(layout, counts)
@@ -448,7 +448,8 @@ def write_distributed(
             discard(stage)  # the data itself is refused: running it again cannot help
             raise
         _finish(stage, layout)
-        with target.write_lock(cfg.lock_timeout):
+        with target.write_lock(cfg.lock_timeout, stale_after=cfg.lock_stale_after) as held:
             check_replaceable(target, "dataset", overwrite=overwrite)
+            held.check()  # a lease broken while we waited: fail rather than publish
             publish(stage, target, durable=cfg.durable)
     return layout

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..config import LoaderConfig, MiB, PrefetchConfig, parse_bytes
 from ..errors import BigstoreError, ShapeError
+from ..io import StoppedError
 from ..plan.order import (
     Level,
     Order,
@@ -232,6 +233,7 @@ def make_prefetcher(
 ) -> Any:
     """The batch producer for one consumer: rows gathered straight from mapped shards when the
     dataset allows it (local, uncompressed, fixed-shape columns), else chunk reads + gathers."""
+    ds.check_backed(columns)  # (done by the callers already: cached) before slots are sized
     maps = ds.mapped(columns)
     if maps is not None:
         return MappedPrefetcher(
@@ -331,6 +333,7 @@ class Loader:
     # -- iteration ----------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
         self._invalidate()
+        self.ds.check_backed(self.columns)  # before the order is sized from the document
         runs, first, count = self._plan()
         st = self._state
         pf = make_prefetcher(
@@ -344,11 +347,19 @@ class Loader:
         try:
             for _ in range(n):
                 self._check(generation)
-                batch = decode_batch(self.columns, next(pf), self.config.device)
+                try:
+                    raw = next(pf)
+                except StoppedError:  # stopped by another thread's iter()/load_state_dict()
+                    self._check(generation)
+                    raise
+                batch = decode_batch(self.columns, raw, self.config.device)
                 self._check(generation)
-                self._state.batches += 1  # counted when handed over: never lost, never repeated
                 out = to_device(batch, self.config)
-                yield self.config.transform(out) if self.config.transform else out
+                out = self.config.transform(out) if self.config.transform else out
+                # counted when handed over (a transform that raised handed nothing over):
+                # never lost, never repeated
+                self._state.batches += 1
+                yield out
             self._check(generation)
             self._state.new_epoch(self._state.spec.epoch + 1)
         finally:

@@ -78,6 +78,8 @@ class TorchDataset(IterableDataset[dict[str, Any]]):
         )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        cols = self.ds.select(self.config.columns)
+        self.ds.check_backed(cols)  # before the order and the slots are sized from documents
         info = get_worker_info()
         workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         st = self._state(workers)
@@ -88,7 +90,6 @@ class TorchDataset(IterableDataset[dict[str, Any]]):
         runs, first, count = worker_batches(
             st.spec, st.history, st.split, st.batches, self.config.rank, logical
         )
-        cols = self.ds.select(self.config.columns)
         pf = make_prefetcher(
             self.ds, self.config, cols, Order(st.spec), runs, st.split.batch, first, count
         )

@@ -25,10 +25,19 @@ import numpy as np
 
 from ..config import INGEST_RETRIES, DatasetWriteConfig, parse_bytes
 from ..errors import DistributedError, InvalidKeyError, ShapeError, StoreNotFoundError
-from ..format import ArrayLayout, ChunkCodec, encode_shard, parse_codec, write_root
+from ..format import (
+    ROOT_KEY,
+    ArrayLayout,
+    ChunkCodec,
+    encode_shard,
+    parse_codec,
+    read_root,
+    write_root,
+)
 from ..io import ChunkReader, get_executor
 from ..progress import progress_bar
 from ..store import Store, open_store
+from ..store.lock import WriteLock
 from ..store.publish import check_replaceable, discard, make_staging, publish
 from ._conform import Conformer, Stored, VarBatch, parse_schema
 from ._schema import ColumnSpec, DatasetLayout, group_doc
@@ -46,9 +55,12 @@ class _ArrayWriter:
     """Collects rows of one array and writes a shard whenever one is full."""
 
     def __init__(
-        self, store: Store, spec: ArrayLayout, pending: np.ndarray[Any, Any] | None
+        self, store: Store, spec: ArrayLayout, pending: np.ndarray[Any, Any] | None,
+        guard: WriteLock | None = None, durable: bool = False,
     ) -> None:
         self.store = store
+        self.durable = durable  # each shard's writeback starts once it is written
+        self.guard = guard  # appends write into the live store: only while holding its lock
         self.spec = spec
         self.rows = spec.rows  # rows committed to shards or pending
         self.next_shard = spec.rows // spec.shard_rows
@@ -77,8 +89,10 @@ class _ArrayWriter:
         spec = self.spec
 
         def write() -> None:
-            self.store.put(spec.shard_key(s), encode_shard(spec, shard))
+            self.store.put(spec.shard_key(s), encode_shard(spec, shard), writeback=self.durable)
 
+        if self.guard is not None:
+            self.guard.check()
         self.written.append(spec.shard_key(s))
         self.futures.append(get_executor().submit(write))
         while len(self.futures) > _IN_FLIGHT:  # bounded memory: wait for the oldest shard
@@ -134,9 +148,12 @@ def _new_layout(
     return DatasetLayout(0, chunk_rows, columns, arrays)
 
 
-def _resume_writers(store: Store, layout: DatasetLayout) -> dict[str, _ArrayWriter]:
+def _resume_writers(
+    store: Store, layout: DatasetLayout, guard: WriteLock, durable: bool
+) -> dict[str, _ArrayWriter]:
     """Writers that continue each array, with its partial last shard read back."""
     reader = ChunkReader(store)
+    reader.check_backed(layout.arrays.values())  # the tail read back is sized from them
     writers = {}
     for path, spec in layout.arrays.items():
         tail = spec.rows % spec.shard_rows
@@ -150,7 +167,7 @@ def _resume_writers(store: Store, layout: DatasetLayout) -> dict[str, _ArrayWrit
                     for i in range(len(chunks))]
             reader.read_chunks(spec, chunks, outs)
             pending = buf[:tail]
-        writers[path] = _ArrayWriter(store, spec, pending)
+        writers[path] = _ArrayWriter(store, spec, pending, guard, durable)
     return writers
 
 
@@ -162,8 +179,10 @@ def _write_batches(
     bar: Any,
     writers: dict[str, _ArrayWriter],
     schema: Any = None,
+    guard: WriteLock | None = None,
 ) -> DatasetLayout:
-    """Write every batch (``writers`` is filled with the array writers used)."""
+    """Write every batch (``writers`` is filled with the array writers used). ``guard``: the
+    lock an append (``layout`` given) holds while it writes into the live store."""
     it = iter(batches)
     targets = parse_schema(schema)
     if layout is None:
@@ -181,12 +200,14 @@ def _write_batches(
             if sizer.feed(b):
                 break
         layout = _new_layout(sizer.chunk_rows(), conformer.columns, cfg)
-        writers.update({p: _ArrayWriter(store, a, None) for p, a in layout.arrays.items()})
+        writers.update({p: _ArrayWriter(store, a, None, None, cfg.durable)
+                        for p, a in layout.arrays.items()})
         stored = itertools.chain(head, stored)
     else:
+        assert guard is not None, "appends hold the store's writer lock"
         conformer = Conformer.resume(layout.columns, targets)
         stored = conformer.stored_batches(it)
-        writers.update(_resume_writers(store, layout))
+        writers.update(_resume_writers(store, layout, guard, cfg.durable))
     try:
         new = _write_all(layout, writers, stored, bar)
         # category dictionaries may have grown
@@ -233,25 +254,41 @@ def _chain(first: _T, rest: Iterable[_T]) -> Iterator[_T]:
     yield from rest
 
 
-def _commit(store: Store, layout: DatasetLayout) -> None:
+def _write_docs(store: Store, layout: DatasetLayout) -> tuple[list[str], dict[str, Any]]:
+    """Write every group and array document: (the keys written, the documents by node path for
+    the root's consolidated metadata)."""
     docs: dict[str, Any] = {}
+    keys: list[str] = []
     for c in layout.columns:
         if c.variable:
             docs[c.name] = group_doc()
-            store.put(f"{c.name}/zarr.json", json.dumps(group_doc()).encode())
+            keys.append(f"{c.name}/zarr.json")
+            store.put(keys[-1], json.dumps(group_doc()).encode())
     for path, spec in layout.arrays.items():
-        doc = spec.to_json()
-        store.put(spec.meta_key, json.dumps(doc, indent=1).encode())
-        docs[path] = doc
-    attrs = {
+        docs[path] = spec.to_json()
+        keys.append(spec.meta_key)
+        store.put(keys[-1], json.dumps(docs[path], indent=1).encode())
+    return keys, docs
+
+
+def _root_attrs(layout: DatasetLayout) -> dict[str, Any]:
+    return {
         "num_rows": layout.num_rows,
         "chunk_rows": layout.chunk_rows,
         "columns": [c.to_json() for c in layout.columns],
     }
+
+
+def _format_version(layout: DatasetLayout) -> int:
     # a column with a logical type (timestamps, categories) needs a reader that knows them:
     # older readers would see plain integers, so such a store says version 2
-    version = 2 if any(c.logical is not None for c in layout.columns) else 1
-    write_root(store, "dataset", attrs, docs, version=version)  # the commit marker, last
+    return 2 if any(c.logical is not None for c in layout.columns) else 1
+
+
+def _commit(store: Store, layout: DatasetLayout) -> None:
+    _keys, docs = _write_docs(store, layout)
+    write_root(store, "dataset", _root_attrs(layout), docs,  # the commit marker, last
+               version=_format_version(layout))
 
 
 def write_dataset(
@@ -271,6 +308,7 @@ def write_dataset(
     overwrite: bool = False,
     durable: bool = DatasetWriteConfig.durable,
     lock_timeout: float = DatasetWriteConfig.lock_timeout,
+    lock_stale_after: float = DatasetWriteConfig.lock_stale_after,
     client: Any = None,
     job_token: str | None = None,
     retries: int = INGEST_RETRIES,
@@ -286,12 +324,15 @@ def write_dataset(
     per chunk), "zstd[:level]" or "gzip[:level]".
     mode: "w" replaces atomically; "a" appends samples (the layout and codec of the existing
     dataset are kept; ``chunk_rows``/``codec`` are then ignored). Concurrent appends wait for
-    each other (up to ``lock_timeout`` seconds, then ConcurrentWriteError) and all land.
+    each other (up to ``lock_timeout`` seconds, then ConcurrentWriteError) and all land;
+    ``lock_stale_after``: on object stores, seconds after which a killed writer's lease is
+    broken (see :mod:`bigstore.store.lock`).
     schema: column -> dtype (numpy dtype or name, torch dtype, "bfloat16", "str", "bytes",
     "datetime64[ns]", a pyarrow type), or a ``pyarrow.Schema``: the stored type of those
     columns, the first batch included (other columns take the first batch's type).
     overwrite: replacing a bigstore tensor store with a dataset needs it.
-    durable: fsync what was written before the commit (local stores).
+    durable: fsync what was written before the commit (local stores; see
+    :class:`~bigstore.config.DatasetWriteConfig`).
 
     On a Dask cluster (``pip install 'bigstore[dask]'``): ``source`` may be a Dask DataFrame, a
     Dask Bag of record batches (each element one batch of any kind above) or a dict of Dask
@@ -315,6 +356,7 @@ def write_dataset(
         codec=parse_codec(codec).spec,
         durable=durable,
         lock_timeout=lock_timeout,
+        lock_stale_after=lock_stale_after,
     )
     from .ingest import is_distributed_source, write_distributed  # imports this module
 
@@ -334,52 +376,67 @@ def write_dataset(
     bar = progress_bar(progress, f"write_dataset {os.fspath(url)}", unit="samples")
     try:
         if mode == "a":
-            with target.write_lock(cfg.lock_timeout):  # from reading the layout to the commit
-                layout = _existing(target)
-                if layout is not None:
-                    return _append(target, layout, batches, cfg, bar, schema)
-                return _replace(target, batches, cfg, bar, overwrite, schema, locked=True)
-        return _replace(target, batches, cfg, bar, overwrite, schema, locked=False)
+            # held from reading the layout to the commit
+            with target.write_lock(cfg.lock_timeout, stale_after=cfg.lock_stale_after) as held:
+                found = _existing(target)
+                if found is not None:
+                    return _append(target, *found, batches, cfg, bar, schema, held)
+                return _replace(target, batches, cfg, bar, overwrite, schema, held=held)
+        return _replace(target, batches, cfg, bar, overwrite, schema, held=None)
     finally:
         if bar is not None:
             bar.close()
 
 
-def _existing(target: Store) -> DatasetLayout | None:
+def _existing(target: Store) -> tuple[DatasetLayout, str | None] | None:
+    """The dataset at ``target`` (its layout and write id), or None when there is none."""
     from .dataset import read_layout
 
     try:
-        return read_layout(target)
+        root = read_root(target, expect_kind="dataset")
     except StoreNotFoundError:
         return None
+    return read_layout(target, root), root.write_id
 
 
 def _append(
-    target: Store, layout: DatasetLayout, batches: Iterable[Batch], cfg: DatasetWriteConfig,
-    bar: Any, schema: Any,
+    target: Store, layout: DatasetLayout, write_id: str | None, batches: Iterable[Batch],
+    cfg: DatasetWriteConfig, bar: Any, schema: Any, held: WriteLock,
 ) -> DatasetLayout:
     writers: dict[str, _ArrayWriter] = {}
-    new = _write_batches(target, layout, batches, cfg, bar, writers, schema)
+    new = _write_batches(target, layout, batches, cfg, bar, writers, schema, held)
+    held.check()  # never commit after losing the lock: another writer may have moved on
+    keys, docs = _write_docs(target, new)
+    if cfg.durable:  # only what this append wrote: its shards and the array documents
+        target.flush([k for w in writers.values() for k in w.written] + keys)
+    # the same contents, more rows: readers that opened the dataset before read on
+    write_root(target, "dataset", _root_attrs(new), docs, write_id=write_id,
+               version=_format_version(new))
     if cfg.durable:
-        target.flush([k for w in writers.values() for k in w.written])
-    _commit(target, new)
+        target.flush([ROOT_KEY])  # the commit itself
     return new
 
 
 def _replace(
     target: Store, batches: Iterable[Batch], cfg: DatasetWriteConfig, bar: Any,
-    overwrite: bool, schema: Any, *, locked: bool,
+    overwrite: bool, schema: Any, *, held: WriteLock | None,
 ) -> DatasetLayout:
-    check_replaceable(target, "dataset", overwrite=overwrite)
+    if held is None:  # see TensorWriter.begin
+        with target.write_lock(cfg.lock_timeout, stale_after=cfg.lock_stale_after):
+            check_replaceable(target, "dataset", overwrite=overwrite)
+    else:
+        check_replaceable(target, "dataset", overwrite=overwrite)
     stage = make_staging(target)
     try:
         new = _write_batches(stage, None, batches, cfg, bar, {}, schema)
         _commit(stage, new)
-        if locked:
+        if held is not None:
+            held.check()
             publish(stage, target, durable=cfg.durable)
         else:
-            with target.write_lock(cfg.lock_timeout):
+            with target.write_lock(cfg.lock_timeout, stale_after=cfg.lock_stale_after) as lock:
                 check_replaceable(target, "dataset", overwrite=overwrite)
+                lock.check()
                 publish(stage, target, durable=cfg.durable)
     except BaseException:
         discard(stage)

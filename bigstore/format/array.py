@@ -13,7 +13,7 @@ import mmap
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import InvalidKeyError, NotAStoreError, UnsupportedCodecError
+from ..errors import InvalidKeyError, MetadataError, NotAStoreError, UnsupportedCodecError
 from .codecs import CRC_BYTES, ChunkCodec
 from .dtypes import DTypeSpec, dtype_spec
 
@@ -24,6 +24,11 @@ INDEX_ENTRY = 16  # a shard index entry: (offset, nbytes) as two little-endian u
 # Longest node name: one path component on common file systems is at most 255 bytes, and the
 # writer's temporary files add a prefix and suffix to it.
 MAX_NAME_BYTES = 200
+# Sanity bounds of a document (see ArrayLayout.check_sane): past int64 with room for products,
+# and chunk counts no listing of real objects reaches
+MAX_BYTES = 1 << 62
+MAX_CHUNKS = 1 << 32
+MAX_DIMS = 32
 
 
 def check_name(name: str, what: str = "tensor") -> str:
@@ -139,9 +144,9 @@ class ArrayLayout:
     @property
     def n_chunks(self) -> int:
         if self.sharded:  # dataset columns: every row has its (possibly empty) place
-            return math.ceil(self.rows / self.chunk_rows) if self.shape and self.rows else 0
+            return -(-self.rows // self.chunk_rows) if self.shape and self.rows else 0
         # tensors: an empty tensor has no chunk objects at all
-        return 0 if self.nbytes == 0 else math.ceil(self.rows / self.chunk_rows)
+        return 0 if self.nbytes == 0 else -(-self.rows // self.chunk_rows)
 
     @property
     def chunk_nbytes(self) -> int:
@@ -170,7 +175,7 @@ class ArrayLayout:
     def n_shards(self) -> int:
         if not self.sharded:
             return self.n_chunks
-        return math.ceil(self.rows / self.shard_rows) if self.rows and self.n_chunks else 0
+        return -(-self.rows // self.shard_rows) if self.rows and self.n_chunks else 0
 
     @property
     def index_nbytes(self) -> int:
@@ -283,10 +288,37 @@ class ArrayLayout:
             )
         chunk_rows = chunk_shape[0] if shape else 1
         if chunk_rows < 1:
-            raise NotAStoreError(f"{where}: chunks of {chunk_rows} rows")
+            raise MetadataError(f"{where}: chunks of {chunk_rows} rows")
         codec = ChunkCodec.from_zarr(codecs, where)
         own = md.attributes.get("bigstore", {}) if isinstance(md.attributes, dict) else {}
         extra = tuple(sorted(
             (k, v) for k, v in (own.items() if isinstance(own, dict) else ()) if k != "dtype"
         ))
-        return cls(path, shape, spec, chunk_rows, codec, per_shard, extra)
+        try:
+            layout = cls(path, shape, spec, chunk_rows, codec, per_shard, extra)
+        except TypeError as e:  # attributes that are not JSON values compare badly
+            raise MetadataError(f"{where}: malformed attributes ({e})") from None
+        layout.check_sane(where)
+        return layout
+
+    def check_sane(self, where: str) -> None:
+        """Refuse geometry no real array has: sizes past int64 (numpy's and every offset's
+        type), and more chunks or shard entries than any store could list. Whether the stored
+        objects hold what the document claims is :func:`bigstore.io.check_backed`'s part."""
+        if len(self.shape) > MAX_DIMS:
+            raise MetadataError(f"{where}: {len(self.shape)} dimensions (at most {MAX_DIMS})")
+        for name, value in (
+            ("bytes", self.nbytes),
+            ("bytes per chunk", self.chunk_rows * max(1, self.row_bytes)),
+            ("bytes per shard", self.shard_rows * max(1, self.row_bytes)),
+        ):
+            if value >= MAX_BYTES:
+                raise MetadataError(
+                    f"array {self.path!r} ({where}): {value} {name} claimed for shape "
+                    f"{self.shape}: more than any array can hold (2**62)"
+                )
+        if self.n_chunks > MAX_CHUNKS or self.chunks_per_shard > MAX_CHUNKS:
+            raise MetadataError(
+                f"array {self.path!r} ({where}): {self.n_chunks} chunks "
+                f"({self.chunks_per_shard} per shard) claimed: more than any store holds"
+            )

@@ -230,7 +230,7 @@ class SafetensorsStore(Store):
             "(bigstore.convert makes one)"
         )
 
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+    def put(self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False) -> None:
         raise self._refuse()
 
     def delete(self, key: str) -> None:

@@ -14,7 +14,8 @@ States (:class:`State`) and their transitions::
 
 DONE, FAILED and STOPPED are final: the consumer then sees the end, the error (again on every
 call), or ``StoppedError``; ``stop()`` returns only once the thread has exited, so no buffer the
-consumer frees afterwards is still being written.
+consumer frees afterwards is still being written. A consumer waiting in another thread when
+``stop()`` is called wakes up with ``StoppedError``: it never waits for good.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..errors import BigstoreError
 __all__ = ["Producer", "State", "StoppedError", "Worker"]
 
 _END = object()
+_STOP = object()  # wakes a consumer still waiting after stop()
 
 
 class State(IntEnum):
@@ -79,6 +81,10 @@ class Producer:
             raise StoppedError(f"{self._name}: stopped")
         self.start()
         item = self.queue.get()
+        if item is _STOP or self.state is State.STOPPED:
+            with contextlib.suppress(queue.Full):
+                self.queue.put_nowait(_STOP)  # for any other waiting consumer
+            raise StoppedError(f"{self._name}: stopped")
         if item is _END or isinstance(item, _Failed):
             self.queue.put(item)  # stay exhausted, or keep failing
             if isinstance(item, _Failed):
@@ -97,6 +103,8 @@ class Producer:
             while thread.is_alive():
                 with contextlib.suppress(queue.Empty):  # room for a producer blocked on put
                     self.queue.get(timeout=0.05)
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait(_STOP)
 
     # -- producer side ------------------------------------------------------------------------
     def _run(self) -> None:

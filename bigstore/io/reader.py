@@ -18,25 +18,29 @@ the wanted rows are read).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from ..config import ReadConfig
 from ..errors import (
+    BigstoreError,
     CorruptChunkError,
+    MetadataError,
     StoreChangedError,
     StoreNotFoundError,
     TruncatedChunkError,
 )
-from ..format import EMPTY, ROOT_KEY, ArrayLayout, QuantizedLayout, parse_index
+from ..format import EMPTY, ROOT_KEY, ArrayLayout, QuantizedLayout, Stamp, parse_index, read_root
 from ..format.codecs import CRC_BYTES, check_crc
 from ..plan import ChunkPiece, ChunkRead, ReadOp, plan_reads, plan_rows
 from ..store import ByteRange, Store
+from .backing import check_backed, end_chunks
 from .dequant import dequantize_rows
 from .executor import get_executor
 
@@ -76,17 +80,22 @@ def byte_view(out: Any, nbytes: int, what: str) -> memoryview:
 class ChunkReader:
     """Reads chunks of a store's arrays into caller-owned buffers. Thread-safe.
 
-    ``root_version``: the commit marker's version when the caller opened the store; a read that
-    finds chunks missing or wrong then tells whether the store was replaced since.
+    ``stamp``: the commit the caller opened (:func:`bigstore.format.read_stamped`). Every read
+    is then confirmed against it once done (one ``stat`` locally, one HEAD on object stores), so
+    a handle returns bytes of the commit it opened or raises :class:`StoreChangedError`, never
+    bytes of a newer commit read with the old layout; a read that fails (a chunk missing, short
+    or wrong) also says so when the store was replaced. Appends are not replacements: their
+    commits keep the write id, and reads go on (shard indexes are read again).
     """
 
     def __init__(
-        self, store: Store, config: ReadConfig | None = None, *, root_version: str | None = None
+        self, store: Store, config: ReadConfig | None = None, *, stamp: Stamp | None = None
     ) -> None:
         self.store = store
         self.config = config or ReadConfig()
-        self.root_version = root_version
+        self.stamp = stamp
         self._index: dict[tuple[str, int], np.ndarray[Any, Any]] = {}
+        self._backed: set[Any] = set()  # (array, chunk) pairs check_backed accepted
         self._lock = threading.Lock()
 
     @property
@@ -94,32 +103,134 @@ class ChunkReader:
         return self.config.verify
 
     # -- public -------------------------------------------------------------------------------
-    def read_rows(self, requests: Iterable[RowRequest], *, progress: Any = None) -> None:
-        """Fill each request's buffer with its rows (every request may name another array)."""
+    def read_rows(
+        self, requests: Iterable[RowRequest], *, progress: Any = None, confirm: bool = True
+    ) -> None:
+        """Fill each request's buffer with its rows (every request may name another array).
+        ``confirm=False``: the caller calls :meth:`confirm` itself once its reads are done."""
         jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]] = []
-        quantized: list[Callable[[], int]] = []
+        quantized: list[tuple[QuantizedLayout, ChunkPiece, memoryview]] = []
         for req in requests:
             lay = req.layout
             out = byte_view(req.out, (req.stop - req.start) * lay.row_bytes,
                             f"array {lay.path!r}")
             pieces = plan_rows(lay, req.start, req.stop)
             if isinstance(lay, QuantizedLayout):
-                quantized += [partial(self._run_quantized, lay, p, out) for p in pieces]
+                quantized += [(lay, p, out) for p in pieces]
                 continue
             reads = [ChunkRead(p.chunk, p.lo, p.hi, 0, p.dst * lay.row_bytes) for p in pieces]
             if reads:
                 jobs.append((lay, reads, [out]))
-        self._execute(jobs, progress, quantized)
+        with self.guard(confirm=confirm):
+            self._execute_checked(jobs, progress, quantized)
 
     def read_chunks(
         self, layout: ArrayLayout, chunks: Sequence[int], outs: Sequence[Any],
-        *, progress: Any = None,
+        *, progress: Any = None, confirm: bool = True,
     ) -> None:
         """Decode whole chunks ``chunks`` of ``layout`` into ``outs`` (``chunk_nbytes`` each)."""
         views = [byte_view(o, layout.chunk_nbytes, f"array {layout.path!r}") for o in outs]
         reads = [ChunkRead(int(k), 0, layout.chunk_rows, i, 0) for i, k in enumerate(chunks)]
         if reads:
-            self._execute([(layout, reads, views)], progress)
+            with self.guard(confirm=confirm):
+                self._execute_checked([(layout, reads, views)], progress)
+
+    # -- the store under the reader -----------------------------------------------------------
+    def confirm(self) -> None:
+        """Raise StoreChangedError when the store was replaced since it was opened."""
+        if self._state() == "replaced":
+            raise self._changed()
+
+    def check_backed(
+        self, layouts: Iterable[ArrayLayout], *, rows: tuple[int, int] | None = None
+    ) -> None:
+        """Before allocating for ``layouts`` (their rows [start, stop), or all of them): raise
+        an error naming the array and chunk unless the stored objects can hold what the
+        documents claim (see :mod:`bigstore.io.backing`). Each chunk is checked once per
+        reader, several at once."""
+        self._check_backed([(lay, k) for lay in layouts for k in end_chunks(lay, rows)])
+
+    def _check_backed(self, chunks: Sequence[tuple[ArrayLayout, int]]) -> None:
+        todo = []
+        with self._lock:
+            for lay, k in chunks:
+                key = (_layout_key(lay), k)
+                if key not in self._backed:
+                    todo.append((key, lay, k))
+        if not todo:
+            return
+
+        def one(item: tuple[Any, ArrayLayout, int]) -> None:
+            check_backed(self, item[1], item[2])
+
+        with self.guard(confirm=False):
+            if len(todo) == 1:
+                one(todo[0])
+            else:
+                for _ in get_executor(self.config.threads).map(one, todo):
+                    pass
+        with self._lock:
+            self._backed.update(key for key, _, _ in todo)
+
+    @contextlib.contextmanager
+    def guard(self, *, confirm: bool = True) -> Iterator[None]:
+        """Around reads made outside the reader (memory-mapped chunks): a failure that comes
+        from the store having been replaced becomes StoreChangedError; success is confirmed."""
+        try:
+            yield
+        except (StoreNotFoundError, CorruptChunkError, MetadataError, EOFError):
+            if self._state() == "replaced":
+                raise self._changed() from None
+            raise
+        if confirm:
+            self.confirm()
+
+    def _changed(self) -> StoreChangedError:
+        return StoreChangedError(
+            f"{self.store.url} was replaced (rewritten by another write) or removed after it "
+            "was opened: open it again"
+        )
+
+    def _state(self) -> Literal["same", "appended", "replaced"]:
+        stamp = self.stamp
+        if stamp is None or stamp.version is None:
+            return "same"  # nothing to compare with
+        try:
+            now = self.store.version(ROOT_KEY)
+        except StoreNotFoundError:  # deleted, or mid-replacement (object stores uncommit first)
+            return "replaced"
+        if now == stamp.version:
+            return "same"
+        if stamp.write_id is None:
+            return "replaced"
+        try:
+            root = read_root(self.store)
+        except BigstoreError:
+            return "replaced"
+        if root.write_id != stamp.write_id:
+            return "replaced"
+        with self._lock:  # appended: committed bytes are unchanged, but a partial last shard
+            self.stamp = Stamp(now, stamp.write_id)  # was rewritten: read its index again
+            self._index.clear()
+        return "appended"
+
+    def _execute_checked(
+        self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any,
+        extra: Sequence[tuple[QuantizedLayout, ChunkPiece, memoryview]] = (),
+    ) -> None:
+        # the backstop of callers' own checks: the chunks at both ends of what is read
+        ends = [(lay, k) for lay, reads, _ in jobs
+                for k in {min(r.chunk for r in reads), max(r.chunk for r in reads)}]
+        for lay in {id(q[0]): q[0] for q in extra}.values():
+            ks = [p.chunk for q, p, _ in extra if q is lay]
+            ends += [(lay, k) for k in {min(ks), max(ks)}]
+        self._check_backed(ends)
+        try:
+            self._execute(jobs, progress, extra)
+        except (StoreNotFoundError, CorruptChunkError):
+            if self._state() != "appended":
+                raise  # the guard tells a replaced store from real damage
+            self._execute(jobs, None, extra)  # an append rewrote a shard we had the old index of
 
     def check_chunk(self, layout: ArrayLayout, k: int) -> None:
         """Re-check chunk ``k`` completely: present, its size, its checksum, that it decodes."""
@@ -128,20 +239,12 @@ class ChunkReader:
                 self.check_chunk(part, k)
             return
         strict = ChunkReader(self.store, ReadConfig(threads=self.config.threads, verify=True),
-                             root_version=self.root_version)
+                             stamp=self.stamp)
         strict._index = self._index
         strict._lock = self._lock
-        if layout.codec.raw and not layout.sharded:  # a chunk object is exactly its size
-            key = layout.chunk_key(k)
-            try:
-                size = self.store.size(key)
-            except StoreNotFoundError:
-                raise CorruptChunkError(
-                    f"{layout.where(k, self.store.url)}: chunk is missing"
-                ) from None
-            if size != layout.stored_chunk_nbytes:
-                raise TruncatedChunkError(f"{layout.where(k, self.store.url)}: {size} bytes "
-                                          f"stored, expected {layout.stored_chunk_nbytes}")
+        # present, its exact size (or decoded size): before a chunk's worth is allocated (not
+        # remembered: verify visits every chunk once)
+        check_backed(self, layout, k)
         scratch = memoryview(bytearray(layout.chunk_nbytes))
         strict._run_one(layout, [ChunkRead(k, 0, layout.chunk_rows)], [scratch])
 
@@ -155,12 +258,10 @@ class ChunkReader:
         skey = layout.shard_key(s)
         where = f"{self.store.url}/{skey}"
         try:
-            size = self.store.size(skey)
+            size, raw = self.store.read_tail(skey, layout.index_nbytes)
             if size < layout.index_nbytes:
                 raise TruncatedChunkError(f"{where}: {size} bytes, too short to be a shard")
-            (raw,) = self.store.get_ranges(skey, [ByteRange(size - layout.index_nbytes, size)])
         except StoreNotFoundError:
-            self._check_unchanged()
             raise CorruptChunkError(f"{where}: shard is missing") from None
         index = parse_index(layout, raw, size, where)
         with self._lock:
@@ -200,20 +301,16 @@ class ChunkReader:
     # -- execution ----------------------------------------------------------------------------
     def _execute(
         self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any,
-        extra: Sequence[Callable[[], int]] = (),
+        extra: Sequence[tuple[QuantizedLayout, ChunkPiece, memoryview]] = (),
     ) -> None:
-        """Run the plans of ``jobs`` and the ``extra`` jobs (each returns the bytes it filled),
-        several at once on the shared pool."""
+        """Run the plans of ``jobs`` and the quantized pieces ``extra``, several at once on the
+        shared pool."""
         work: list[Callable[[], int]] = []
         for layout, reads, outs in jobs:
-            try:
-                ops = plan_reads(reads, self._locate(layout),
-                                 max_gap=self.config.max_gap, max_request=self.config.max_request)
-            except StoreNotFoundError:
-                self._check_unchanged()
-                raise
+            ops = plan_reads(reads, self._locate(layout),
+                             max_gap=self.config.max_gap, max_request=self.config.max_request)
             work.extend(partial(self._run_op, layout, op, reads, outs) for op in ops)
-        work.extend(extra)
+        work.extend(partial(self._run_quantized, lay, p, out) for lay, p, out in extra)
         if len(work) == 1:
             n = work[0]()
             if progress is not None:
@@ -265,13 +362,9 @@ class ChunkReader:
                     self._decode(layout, reads[i], view[span.start - base : span.end - base],
                                  outs)
         except StoreNotFoundError:
-            self._check_unchanged()
             k = reads[op.members[0][0]].chunk
             where = layout.where(k, self.store.url)
             raise CorruptChunkError(f"{where}: chunk is missing") from None
-        except CorruptChunkError:
-            self._check_unchanged()
-            raise
         return sum((reads[i].hi - reads[i].lo) * layout.row_bytes for i, _ in op.members)
 
     def _dst(self, layout: ArrayLayout, r: ChunkRead, outs: list[memoryview]) -> memoryview:
@@ -349,18 +442,9 @@ class ChunkReader:
         layout.codec.decode_range_into(stored, dst, r.lo * rb, layout.chunk_nbytes,
                                        verify=self.verify, where=where)
 
-    def _check_unchanged(self) -> None:
-        """Raise StoreChangedError when the store was replaced since the caller opened it."""
-        if self.root_version is None:
-            return
-        try:
-            now = self.store.version(ROOT_KEY)
-        except StoreNotFoundError:
-            now = None
-        if now != self.root_version:
-            raise StoreChangedError(
-                f"{self.store.url} was replaced after it was opened: open it again"
-            )
+def _layout_key(lay: ArrayLayout) -> Any:
+    return (lay.path, lay.shape, lay.chunk_rows, lay.chunks_per_shard, lay.codec,
+            lay.dtype.itemsize)
 
 
 def _call(job: Callable[[], int]) -> int:

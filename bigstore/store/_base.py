@@ -11,8 +11,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..errors import InvalidKeyError, TruncatedChunkError
+from ..config import LOCK_STALE_AFTER
+from ..errors import InvalidKeyError, StoreNotFoundError, TruncatedChunkError
+
+if TYPE_CHECKING:
+    from .lock import WriteLock
 
 __all__ = ["ByteRange", "Store", "check_key", "Buffer"]
 
@@ -107,6 +112,13 @@ class Store(ABC):
             o.cast("B")[:] = view[pos : pos + o.nbytes]
             pos += o.nbytes
 
+    def read_tail(self, key: str, n: int) -> tuple[int, Buffer]:
+        """(the object's size, its last ``n`` bytes or all of it when shorter): both of the
+        same object, where the backend can promise it (local files: one open descriptor)."""
+        size = self.size(key)
+        (data,) = self.get_ranges(key, [ByteRange(max(0, size - n), size)])
+        return size, data
+
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
@@ -119,8 +131,12 @@ class Store(ABC):
 
     # -- writes -------------------------------------------------------------------------------
     @abstractmethod
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
-        """Write an object whole (a sequence of buffers is written back to back)."""
+    def put(
+        self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False
+    ) -> None:
+        """Write an object whole (a sequence of buffers is written back to back).
+        ``writeback``: it will be flushed before a commit: local files start writing it to
+        disk now, without waiting, so that :meth:`flush` has little left to wait for."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -131,6 +147,11 @@ class Store(ABC):
         """Remove every object under ``prefix``; ``""`` removes the whole store."""
 
     # -- capabilities (neutral defaults) ------------------------------------------------------
+    def is_file(self) -> bool:
+        """True when the store's own location is a plain object (a file), where no store can
+        be. Local stores refuse such a path when opened; object stores answer here."""
+        return False
+
     def local_file(self, key: str) -> tuple[str, int] | None:
         """Where the object lies on a local file system, so it can be memory-mapped: (path of
         the file holding it, offset of its first byte there); None for other stores."""
@@ -155,16 +176,51 @@ class Store(ABC):
         self.put(key, data)
         return True
 
-    def write_lock(self, timeout: float) -> AbstractContextManager[None]:
+    def token(self, key: str) -> str:
+        """What :meth:`replace_if` and :meth:`delete_if` compare: the object's version, or its
+        bytes (hex) where the backend has no versions. Missing objects raise
+        StoreNotFoundError."""
+        v = self.version(key)
+        return v if v is not None else bytes(memoryview(self.get(key)).cast("B")).hex()
+
+    def replace_if(self, key: str, data: Buffer, token: str) -> str | None:
+        """Overwrite ``key`` only if its :meth:`token` is still ``token``; the new token, or
+        None (nothing written) when the object changed or vanished. Backends with conditional
+        writes make this atomic (S3 ``If-Match``); the default checks first (not atomic)."""
+        try:
+            if self.token(key) != token:
+                return None
+        except StoreNotFoundError:
+            return None
+        self.put(key, data)
+        return self.token(key)
+
+    def delete_if(self, key: str, token: str) -> bool:
+        """Delete ``key`` only if its :meth:`token` is still ``token``; False otherwise. Atomic
+        where the backend has conditional deletes (S3 ``If-Match``)."""
+        try:
+            if self.token(key) != token:
+                return False
+        except StoreNotFoundError:
+            return False
+        self.delete(key)
+        return True
+
+    def write_lock(
+        self, timeout: float, *, stale_after: float = LOCK_STALE_AFTER
+    ) -> AbstractContextManager[WriteLock]:
         """Hold the store's writer lock (see :mod:`bigstore.store.lock`); waits up to
-        ``timeout`` seconds, then raises ConcurrentWriteError."""
+        ``timeout`` seconds, then raises ConcurrentWriteError. ``stale_after``: seconds after
+        which an unrefreshed lease (object stores) is taken for a dead writer's."""
         from .lock import lease_lock
 
-        return lease_lock(self.staging(".bigstore-lock"), self.url, timeout)
+        return lease_lock(self.staging(".bigstore-lock"), self.url, timeout,
+                          stale_after=stale_after)
 
-    def replace_with(self, stage: Store) -> bool:
+    def replace_with(self, stage: Store, *, durable: bool = True) -> bool:
         """Make this store's contents exactly ``stage``'s in one atomic step, consuming
-        ``stage``; False when the backend cannot (the caller then copies, commit marker last)."""
+        ``stage``; False when the backend cannot (the caller then copies, commit marker last).
+        ``durable``: the step itself survives a power loss once this returns."""
         return False
 
     # -- cache hints (no-ops where meaningless) -----------------------------------------------

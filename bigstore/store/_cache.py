@@ -34,7 +34,9 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from ..config import LOCK_STALE_AFTER
 from ._base import Buffer, ByteRange, Store
+from .lock import WriteLock
 
 __all__ = ["CachedStore", "default_cache_dir"]
 
@@ -139,6 +141,11 @@ class CachedStore(Store):
     def get_many(self, keys: Sequence[str]) -> list[Buffer]:
         return [self.get(k) for k in keys]
 
+    def read_tail(self, key: str, n: int) -> tuple[int, Buffer]:
+        size = self.remote.size(key)  # the remote says how big the object is now
+        (data,) = self.get_ranges(key, [ByteRange(max(0, size - n), size)])
+        return size, data
+
     # -- cache upkeep -------------------------------------------------------------------------
     def _admit(self, path: Path, data: Buffer) -> None:
         n = memoryview(data).nbytes
@@ -195,6 +202,9 @@ class CachedStore(Store):
     def exists(self, key: str) -> bool:
         return self.remote.exists(key)
 
+    def is_file(self) -> bool:
+        return self.remote.is_file()
+
     def size(self, key: str) -> int:
         return self.remote.size(key)
 
@@ -207,16 +217,31 @@ class CachedStore(Store):
     def staging(self, tag: str) -> Store:
         return self.remote.staging(tag)
 
-    def write_lock(self, timeout: float) -> AbstractContextManager[None]:
-        return self.remote.write_lock(timeout)
+    def write_lock(
+        self, timeout: float, *, stale_after: float = LOCK_STALE_AFTER
+    ) -> AbstractContextManager[WriteLock]:
+        return self.remote.write_lock(timeout, stale_after=stale_after)
+
+    def token(self, key: str) -> str:
+        return self.remote.token(key)
+
+    def replace_if(self, key: str, data: Buffer, token: str) -> str | None:
+        new = self.remote.replace_if(key, data, token)
+        self._invalidate(key)
+        return new
+
+    def delete_if(self, key: str, token: str) -> bool:
+        gone = self.remote.delete_if(key, token)
+        self._invalidate(key)
+        return gone
 
     def put_if_absent(self, key: str, data: Buffer) -> bool:
         created = self.remote.put_if_absent(key, data)
         self._invalidate(key)
         return created
 
-    def replace_with(self, stage: Store) -> bool:
-        if not self.remote.replace_with(stage):
+    def replace_with(self, stage: Store, *, durable: bool = True) -> bool:
+        if not self.remote.replace_with(stage, durable=durable):
             return False
         self._namespace = None  # everything changed
         return True
@@ -227,8 +252,10 @@ class CachedStore(Store):
             return
         shutil.rmtree(self._key_dir(key), ignore_errors=True)
 
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
-        self.remote.put(key, data)
+    def put(
+        self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False
+    ) -> None:
+        self.remote.put(key, data, writeback=writeback)
         self._invalidate(key)
 
     def delete(self, key: str) -> None:

@@ -10,8 +10,10 @@ import itertools
 import threading
 from collections.abc import Iterator, Sequence
 
+from ..config import LOCK_STALE_AFTER
 from ..errors import ConcurrentWriteError, StoreNotFoundError
 from ._base import Buffer, ByteRange, Store, check_key
+from .lock import WriteLock
 
 __all__ = ["MemoryStore"]
 
@@ -68,7 +70,9 @@ class MemoryStore(Store):
             if k.startswith(p) or k == prefix:
                 yield k
 
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+    def put(
+        self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False
+    ) -> None:
         if isinstance(data, bytes | bytearray | memoryview):
             payload = bytes(memoryview(data).cast("B"))
         else:
@@ -100,18 +104,40 @@ class MemoryStore(Store):
             self._space.versions[key] = next(_VERSIONS)
         return True
 
+    def replace_if(self, key: str, data: Buffer, token: str) -> str | None:
+        key = check_key(key)
+        with self._space.lock:  # atomic: checked and written under the store's lock
+            if key not in self._space.data or str(self._space.versions.get(key, 0)) != token:
+                return None
+            self._space.data[key] = bytes(memoryview(data).cast("B"))
+            self._space.versions[key] = v = next(_VERSIONS)
+        return str(v)
+
+    def delete_if(self, key: str, token: str) -> bool:
+        key = check_key(key)
+        with self._space.lock:
+            if key not in self._space.data or str(self._space.versions.get(key, 0)) != token:
+                return False
+            del self._space.data[key]
+            self._space.versions.pop(key, None)
+        return True
+
     @contextlib.contextmanager
-    def write_lock(self, timeout: float) -> Iterator[None]:
+    def write_lock(
+        self, timeout: float, *, stale_after: float = LOCK_STALE_AFTER
+    ) -> Iterator[WriteLock]:
+        # one process holds every handle of a memory store: a plain lock, never stale
         if not self._space.writer.acquire(timeout=timeout):
             raise ConcurrentWriteError(
-                f"{self.url} is being written by another thread; gave up after {timeout:g} s"
+                f"{self.url} is being written by another thread; gave up after {timeout:g} s "
+                "(nothing was written)"
             )
         try:
-            yield
+            yield WriteLock(self.url)
         finally:
             self._space.writer.release()
 
-    def replace_with(self, stage: Store) -> bool:
+    def replace_with(self, stage: Store, *, durable: bool = True) -> bool:
         if not isinstance(stage, MemoryStore) or stage._space is self._space:
             return False
         with stage._space.lock:

@@ -26,7 +26,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..errors import NotAStoreError
+from ..errors import NotAStoreError, StoreNotFoundError
 from ._base import Store
 
 __all__ = ["STAGE_TAG", "check_replaceable", "discard", "make_staging", "publish", "stored_kind"]
@@ -38,15 +38,22 @@ ROOT_KEY = "zarr.json"
 def stored_kind(target: Store) -> str | None:
     """The bigstore kind ("tensors", "dataset") of what ``target`` holds; None when empty.
 
-    Raises NotAStoreError when it holds something that is not a bigstore store."""
-    if target.exists(ROOT_KEY):
+    Raises NotAStoreError when it holds something that is not a bigstore store. Writers ask
+    under the store's writer lock: another writer's publication is then not half done."""
+    try:
+        raw: bytes | None = bytes(memoryview(target.get(ROOT_KEY)).cast("B"))
+    except StoreNotFoundError:
+        raw = None
+    if raw is not None:
         try:
-            doc = json.loads(bytes(memoryview(target.get(ROOT_KEY)).cast("B")))
+            doc = json.loads(raw)
             own = (doc.get("attributes") or {}).get("bigstore") if isinstance(doc, dict) else None
         except (ValueError, AttributeError):
             own = None
         if isinstance(own, dict):
             return str(own.get("kind", ""))
+    elif target.is_file():
+        raise NotAStoreError(f"{target.url} is a file: no store can be written there")
     elif not any(True for _ in target.list()):
         return None
     else:  # data but no commit marker: an interrupted bigstore write, or a stranger's files
@@ -112,7 +119,7 @@ def publish(stage: Store, target: Store, *, durable: bool = True) -> None:
     """Make ``stage``'s contents the contents of ``target`` (see the module docstring)."""
     if durable:
         stage.flush()
-    if target.replace_with(stage):
+    if target.replace_with(stage, durable=durable):
         return
     target.delete(ROOT_KEY)  # uncommit first: from here on, open() refuses the half state
     target.delete_prefix("")

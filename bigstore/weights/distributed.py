@@ -75,7 +75,7 @@ class _Primed(Store):
     def local_file(self, key: str) -> tuple[str, int] | None:
         return self.inner.local_file(key)
 
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
+    def put(self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False) -> None:
         raise DistributedError(f"{self.url}: a store opened for a multi-rank load is read-only")
 
     def delete(self, key: str) -> None:

@@ -344,6 +344,8 @@ def _offload(
         Unit(u.index, u.name, tuple(_resolve(ts, w) for w in u.weights), u.hook_modules)
         for u in found
     ]
+    # before anything is allocated: documents the stored objects cannot back are refused
+    ts.reader.check_backed([ts.meta(w.name) for u in units for w in u.weights])
     fixed = _install_buffers(model, ts, dev, restore)
     if fixed > config.budget:
         raise BudgetError(

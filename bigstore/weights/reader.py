@@ -15,21 +15,8 @@ import numpy as np
 import torch
 
 from ..config import ReadConfig
-from ..errors import (
-    BigstoreError,
-    InvalidIndexError,
-    MissingTensorError,
-    NotAStoreError,
-    StoreNotFoundError,
-)
-from ..format import (
-    ROOT_KEY,
-    ArrayLayout,
-    QuantizedLayout,
-    QuantSpec,
-    is_quantized_doc,
-    read_root,
-)
+from ..errors import BigstoreError, InvalidIndexError, MissingTensorError, NotAStoreError
+from ..format import ArrayLayout, QuantizedLayout, QuantSpec, Stamp, is_quantized_doc, read_stamped
 from ..format.safetensors import open_weights
 from ..io import (
     ChunkReader,
@@ -57,12 +44,13 @@ class TensorStore(Mapping[str, "TensorHandle"]):
 
     def __init__(
         self, store: Store, layouts: dict[str, ArrayLayout], config: ReadConfig,
-        root_version: str | None = None,
+        stamp: Stamp | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self._layouts = layouts
-        self.reader = ChunkReader(store, config, root_version=root_version)
+        # reads return bytes of the commit opened, or raise StoreChangedError (see ChunkReader)
+        self.reader = ChunkReader(store, config, stamp=stamp)
 
     @classmethod
     def open(
@@ -73,12 +61,8 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         config: ReadConfig | None = None,
     ) -> TensorStore:
         store = open_weights(url, storage_options)
-        try:
-            version = store.version(ROOT_KEY)
-        except StoreNotFoundError:
-            version = None
-        root = read_root(store, expect_kind="tensors")
-        return cls(store, parse_layouts(store.url, root.arrays), config or ReadConfig(), version)
+        root, stamp = read_stamped(store, expect_kind="tensors")
+        return cls(store, parse_layouts(store.url, root.arrays), config or ReadConfig(), stamp)
 
     # -- mapping ------------------------------------------------------------------------------
     def __getitem__(self, name: str) -> TensorHandle:
@@ -169,6 +153,7 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         packed parts), or as :class:`PackedTensor` parts with ``dequantize=False``."""
         names = list(self._layouts) if names is None else list(names)
         metas = [self.meta(n) for n in names]
+        self.reader.check_backed(metas)  # before mapping or allocating anything for them
         dev = torch.device(device)
         quantized = [m for m in metas if isinstance(m, QuantizedLayout)]
         metas = [m for m in metas if not isinstance(m, QuantizedLayout)]
@@ -191,7 +176,9 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         out: dict[str, torch.Tensor] = {}
         if use_map:
             mapped = [m for m in metas if mappable(self.store, m)]
-            out.update(self._load_mapped(mapped, progress))
+            # mapped by path: confirmed once mapped (the mappings then hold that commit's files)
+            with self.reader.guard():
+                out.update(self._load_mapped(mapped, progress))
             metas = [m for m in metas if m.name not in out]
         out.update(self._load_copied(metas, dev, progress))
         return out
@@ -293,6 +280,8 @@ class TensorHandle:
 
     def _rows(self, start: int, stop: int) -> np.ndarray[Any, Any]:
         m = self.meta
+        # before allocating what its document claims for these rows
+        self._owner.reader.check_backed([m], rows=(start, stop))
         out_shape = (stop - start, *m.shape[1:]) if m.shape else ()
         out = np.empty(out_shape, dtype=m.dtype.storage)
         if out.size:

@@ -67,7 +67,11 @@ class TensorWriter:
         if self._stage is not None:
             return self
         target = open_store(self.url, self.storage_options)
-        check_replaceable(target, "tensors", overwrite=self.overwrite)
+        # under the lock: another writer's publication (not atomic on object stores) is
+        # never seen half done; checked again before the commit
+        with target.write_lock(self.config.lock_timeout,
+                               stale_after=self.config.lock_stale_after):
+            check_replaceable(target, "tensors", overwrite=self.overwrite)
         self._target, self._stage = target, make_staging(target)
         return self
 
@@ -98,9 +102,11 @@ class TensorWriter:
             version = QUANTIZED_VERSION if quantized else 1
             write_root(stage, "tensors", {"tensors": len(self._metas)}, self._docs,
                        version=version)
-            with target.write_lock(self.config.lock_timeout):
+            with target.write_lock(self.config.lock_timeout,
+                                   stale_after=self.config.lock_stale_after) as held:
                 # checked again under the lock: another writer may have committed meanwhile
                 check_replaceable(target, "tensors", overwrite=self.overwrite)
+                held.check()
                 publish(stage, target, durable=self.config.durable)
         except BaseException:
             discard(stage)
@@ -115,7 +121,7 @@ class TensorWriter:
         check_name(name, "file")
         if name in self._metas:
             raise InvalidKeyError(f"{name!r} is a tensor of this store")
-        self._stage.put(name, data)
+        self._stage.put(name, data, writeback=self.config.durable)
         self._files.append(name)
 
     @property
@@ -139,7 +145,7 @@ class TensorWriter:
         meta = ArrayLayout(name, shape, spec, rows, self._codec.bind(spec.itemsize))
         self._write_chunks(stage, meta, arr)
         doc = meta.to_json()
-        stage.put(meta.meta_key, _json_bytes(doc))
+        stage.put(meta.meta_key, _json_bytes(doc), writeback=self.config.durable)
         self._metas[name] = meta
         self._docs[name] = doc
         return meta
@@ -156,7 +162,7 @@ class TensorWriter:
             self._write_chunks(stage, lay, arr.view(lay.dtype.storage))
         docs = meta.docs()
         for path, doc in docs.items():
-            stage.put(f"{path}/zarr.json", _json_bytes(doc))
+            stage.put(f"{path}/zarr.json", _json_bytes(doc), writeback=self.config.durable)
         self._metas[name] = meta
         self._docs.update(docs)
         return meta
@@ -179,7 +185,8 @@ class TensorWriter:
                 padded = np.zeros(meta.chunk_nbytes, np.uint8)
                 padded[:valid] = flat[i * meta.chunk_nbytes :]
                 body = memoryview(padded)
-            stage.put(meta.chunk_key(i), meta.codec.encode(body, where=meta.where(i)))
+            stage.put(meta.chunk_key(i), meta.codec.encode(body, where=meta.where(i)),
+                      writeback=self.config.durable)
             return valid
 
         ex = get_executor()

@@ -72,6 +72,7 @@ def test_reads_only_needed_chunks(tmp_path: Path) -> None:
     src = {"x": np.arange(10_000, dtype=np.int64)}
     write_dataset(tmp_path / "ds", src, chunk_rows=100, shard_bytes=800)  # a shard per chunk
     ds = open_dataset(tmp_path / "ds")
+    ds.check_backed(ds.select(None))  # once per handle: the first and last shards' indexes
     calls: list[tuple[str, int]] = []
     orig = ds.store.read_into
 

@@ -164,6 +164,21 @@ def test_put_if_absent_creates_once(store: Store) -> None:
     assert bytes(store.get("once")) == b"first"
 
 
+def test_replace_if_and_delete_if_compare_the_token(store: Store) -> None:
+    store.put("cas", b"one")
+    first = store.token("cas")
+    second = store.replace_if("cas", b"two", first)
+    assert second is not None and second != first and bytes(store.get("cas")) == b"two"
+    assert store.replace_if("cas", b"three", first) is None  # stale token: nothing written
+    assert bytes(store.get("cas")) == b"two"
+    assert not store.delete_if("cas", first)
+    assert store.exists("cas")
+    assert store.delete_if("cas", second)
+    assert not store.exists("cas")
+    assert store.replace_if("cas", b"x", second) is None and not store.exists("cas")
+    assert not store.delete_if("cas", second)
+
+
 def test_write_lock_excludes_and_releases(store: Store) -> None:
     held, release, errors = threading.Event(), threading.Event(), []
 
