@@ -292,7 +292,7 @@ def _commit(store: Store, layout: DatasetLayout) -> None:
 
 
 def write_dataset(
-    url: str | os.PathLike[str],
+    url: str | os.PathLike[str] | Store,
     source: Any,
     *,
     chunk_rows: int | None = DatasetWriteConfig.chunk_rows,
@@ -373,7 +373,8 @@ def write_dataset(
         )
     batches = iter_batches(source, columns=columns, variable=variable)
     target = open_store(url, storage_options)
-    bar = progress_bar(progress, f"write_dataset {os.fspath(url)}", unit="samples")
+    where = target.url if isinstance(url, Store) else os.fspath(url)
+    bar = progress_bar(progress, f"write_dataset {where}", unit="samples")
     try:
         if mode == "a":
             # held from reading the layout to the commit
