@@ -46,8 +46,8 @@ class LatencyStore(Store):
     def list(self, prefix: str = "") -> Iterator[str]:
         return self.inner.list(prefix)
 
-    def put(self, key: str, data: Buffer | Sequence[Buffer]) -> None:
-        self.inner.put(key, data)
+    def put(self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False) -> None:
+        self.inner.put(key, data, writeback=writeback)
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

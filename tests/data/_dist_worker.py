@@ -37,7 +37,7 @@ def main() -> None:
     gathered: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, np.concatenate(seen).tolist() if seen else [])
     if rank == 0:
-        np.save(out / "seen.npy", np.array(functools.reduce(operator.iadd, gathered, []), np.int64))  # type: ignore[arg-type]
+        np.save(out / "seen.npy", np.array(functools.reduce(operator.iadd, gathered, []), np.int64))
         (out / "state.json").write_text(json.dumps(loader.state_dict()))
     dist.barrier()
     dist.destroy_process_group()

@@ -142,8 +142,8 @@ def test_bf16_columns_checked(tmp_path: Path) -> None:
 
 
 def test_schema_forms(tmp_path: Path) -> None:
-    src = {"a": np.array([1, 2], np.int8), "b": [[1], [2, 3]], "t": np.array([1, 2], "M8[s]"),
-           "s": ["x", "y"]}
+    src: dict[str, Any] = {"a": np.array([1, 2], np.int8), "b": [[1], [2, 3]],
+                           "t": np.array([1, 2], "M8[s]"), "s": ["x", "y"]}
     schemas: list[Any] = [
         {"a": "int64", "b": np.int16, "t": "datetime64[ms]", "s": str},
         {"a": torch.int64, "b": pa.int16(), "t": pa.timestamp("ms"), "s": pa.string()},

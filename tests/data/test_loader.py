@@ -68,7 +68,9 @@ def test_loader_epoch_exact_and_bit_identical(ds_path: str) -> None:
 
 def test_resume_at_every_step(ds_path: str) -> None:
     ds = open_dataset(ds_path)
-    kw = {"shuffle": True, "seed": 3, "window": 3, "columns": ["label"], "prefetch": 3}
+    kw: dict[str, Any] = {
+        "shuffle": True, "seed": 3, "window": 3, "columns": ["label"], "prefetch": 3,
+    }
     ref = [b["label"] for b in ds.loader(150, **kw)]
     for k in range(len(ref) + 1):
         loader = ds.loader(150, **kw)
@@ -86,7 +88,9 @@ def test_resume_at_every_step(ds_path: str) -> None:
 
 def test_preempted_twice_and_elastic(ds_path: str) -> None:
     ds = open_dataset(ds_path)
-    kw = {"shuffle": True, "seed": 9, "window": 4, "columns": ["label"], "batch_size": 16}
+    kw: dict[str, Any] = {
+        "shuffle": True, "seed": 9, "window": 4, "columns": ["label"], "batch_size": 16,
+    }
     seen: list[np.ndarray] = []
     state = None
     for world, steps in ((2, 20), (3, 11), (1, 5), (4, 10**9)):

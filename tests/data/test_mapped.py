@@ -79,7 +79,7 @@ def test_mapped_batches_are_owned_by_the_caller(
 def test_mapped_resume_matches(ds_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BIGSTORE_NO_MMAP", raising=False)
     ds = open_dataset(ds_path)
-    kw = {"shuffle": True, "seed": 3, "window": 3, "columns": ["label", "f"]}
+    kw: dict[str, Any] = {"shuffle": True, "seed": 3, "window": 3, "columns": ["label", "f"]}
     ref = [b["label"] for b in ds.loader(40, **kw)]
     for k in (0, 1, 5, len(ref) - 1):
         loader = ds.loader(40, **kw)

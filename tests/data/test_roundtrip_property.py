@@ -131,10 +131,10 @@ def _got(family: str, values: Any) -> list[Any]:
         return [v * 10 ** (9 - UNITS[unit]) for v in values.view(np.int64).tolist()]
     if family == "date":
         assert values.dtype == np.dtype("M8[D]")
-        return values.view(np.int64).tolist()  # type: ignore[no-any-return]
+        return values.view(np.int64).tolist()
     if family == "bf16":
         assert values.dtype == torch.bfloat16
-        return values.float().tolist()  # type: ignore[no-any-return]
+        return values.float().tolist()
     return list(values)
 
 

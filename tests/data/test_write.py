@@ -62,8 +62,8 @@ def test_round_trip_and_zarr_interop(tmp_path: Path, codec: str | None) -> None:
     assert one["label"] == 999 and one["text"] == src["text"][-1]
     # zarr-python reads every array bit-identically (sharded, crc32c-checked)
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "ds" / "img", mode="r")[:], src["img"])
-    offs = zarr.open_array(tmp_path / "ds" / "tokens" / "offsets", mode="r")[:]
-    vals = zarr.open_array(tmp_path / "ds" / "tokens" / "values", mode="r")[:]
+    offs = np.asarray(zarr.open_array(tmp_path / "ds" / "tokens" / "offsets", mode="r")[:])
+    vals = np.asarray(zarr.open_array(tmp_path / "ds" / "tokens" / "values", mode="r")[:])
     for i in (0, 17, 999):
         np.testing.assert_array_equal(vals[offs[i, 0] : offs[i, 1]], src["tokens"][i])
 

@@ -105,11 +105,17 @@ def test_zarr_python_reads_golden_stores(kind: str) -> None:
     import zarr
 
     g = zarr.open_group(str(GOLDEN / kind), mode="r", use_consolidated=False)
+
+    def read(name: str) -> np.ndarray:
+        arr = g[name]
+        assert isinstance(arr, zarr.Array)
+        return np.asarray(arr[...])
+
     if kind.startswith("tensors"):
-        assert np.array_equal(g["f32"][...], tensors()["f32"])
-        assert np.array_equal(g["multi"][...], tensors()["multi"])
+        assert np.array_equal(read("f32"), tensors()["f32"])
+        assert np.array_equal(read("multi"), tensors()["multi"])
     else:
-        assert np.array_equal(g["label"][...], dataset()["label"])
+        assert np.array_equal(read("label"), dataset()["label"])
 
 
 if __name__ == "__main__":  # regenerate

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 import zarr
+from zarr.core.metadata import ArrayV3Metadata
 
 from bigstore.config import LosslessConfig
 from bigstore.errors import CorruptChunkError, TruncatedChunkError, UnsupportedCodecError
@@ -23,7 +25,7 @@ DTYPES = ["float16", "bfloat16", "float32", "float64"]
 def _values(dtype: str, kind: str, n: int = 50_000) -> Arr:
     """``n`` values of ``dtype`` as their storage array (bfloat16 as uint16 bits)."""
     rng = np.random.default_rng(hash((dtype, kind)) % 2**32)
-    x = (rng.standard_normal(n) * 0.02).astype(np.float64)
+    x: npt.NDArray[np.floating[Any]] = (rng.standard_normal(n) * 0.02).astype(np.float64)
     if kind == "constant":
         x[:] = 0.125
     elif kind == "special":
@@ -149,6 +151,7 @@ def test_zarr_python_reads_the_chain_on_its_own(tmp_path: Path, dtype: str) -> N
     raw = _write_array(tmp_path / "w", storage, dtype, 64, LosslessConfig())
     assert raw == [False, True, False]  # one chain, raw or compressed per chunk
     arr = zarr.open_array(str(tmp_path / "w"), mode="r")
-    got = arr[...]
+    got = np.asarray(arr[...])
     assert got.dtype == storage.dtype and got.tobytes() == storage.tobytes()
+    assert isinstance(arr.metadata, ArrayV3Metadata)
     assert arr.metadata.codecs[1].to_dict()["name"] == "blosc"

@@ -66,8 +66,8 @@ def _dequantize(mod: Any, parts: tuple[Arr, ...], shape: tuple[int, int], group:
                 kind: int, out_kind: int) -> Arr:
     out = np.empty(shape, np.float32 if out_kind == 0 else np.uint16)
     if len(parts) == 2:
-        return mod.dequantize_int8(parts[0], parts[1], kind, group, out_kind, out)  # type: ignore[no-any-return]
-    return mod.dequantize_int4(parts[0], parts[1], parts[2], kind, group, out_kind, out)  # type: ignore[no-any-return]
+        return mod.dequantize_int8(parts[0], parts[1], kind, group, out_kind, out)
+    return mod.dequantize_int4(parts[0], parts[1], parts[2], kind, group, out_kind, out)
 
 
 def _data(kind: str, rows: int, cols: int, seed: int) -> Arr:

@@ -16,7 +16,7 @@ def _delivered(
     spec: OrderSpec, history: list[Level], split: Split, batches: int
 ) -> list[np.ndarray]:
     """Every batch each (rank, worker) still delivers, as the loaders would."""
-    out = []
+    out: list[np.ndarray] = []
     order = Order(spec)
     for r in range(split.world):
         for w in range(split.workers):
@@ -131,7 +131,7 @@ def test_elastic_resume_covers_rest_exactly_once(
 
 def _first_batches(spec: OrderSpec, hist: list[Level], split: Split, k: int) -> list[np.ndarray]:
     """The first ``k`` batches each rank delivers (round-robin over its workers)."""
-    out = []
+    out: list[np.ndarray] = []
     order = Order(spec)
     for r in range(split.world):
         counts = np.array(

@@ -3,6 +3,7 @@
 import json
 import sys
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -11,7 +12,7 @@ import bigstore
 url, opts = sys.argv[1], json.loads(sys.argv[2]) or None
 
 
-def slow():
+def slow() -> Iterator[tuple[str, torch.Tensor]]:
     for i in range(1000):
         yield f"t.{i}", torch.full((256, 256), float(i))
         print(f"wrote {i}", flush=True)

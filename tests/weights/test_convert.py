@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,7 +107,9 @@ def test_legacy_torch_file(tmp_path: Path) -> None:
 
 
 def test_npz(tmp_path: Path) -> None:
-    arrays = {"a.b": np.arange(12, dtype=np.int16).reshape(3, 4), "c": np.float32(1.5)}
+    arrays: dict[str, Any] = {
+        "a.b": np.arange(12, dtype=np.int16).reshape(3, 4), "c": np.float32(1.5),
+    }
     np.savez(tmp_path / "x.npz", **arrays)
     bigstore.convert(tmp_path / "x.npz", tmp_path / "store")
     got = bigstore.load_numpy(tmp_path / "store")
@@ -179,7 +182,8 @@ def test_every_path_keeps_dtypes_exactly(tmp_path: Path, src: str, dst: str) -> 
     elif src.endswith(".pt"):
         torch.save(sd, tmp_path / src)
     else:
-        np.savez(tmp_path / src, **{k: v.numpy() for k, v in sd.items()})
+        npz: dict[str, Any] = {k: v.numpy() for k, v in sd.items()}
+        np.savez(tmp_path / src, **npz)
     bigstore.convert(tmp_path / src, tmp_path / dst)
     if dst == "store":
         back = bigstore.load(tmp_path / dst)

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 import zarr
+from zarr.core.metadata import ArrayV3Metadata
 
 import bigstore
 from bigstore.errors import ChecksumError, UnsupportedCodecError
@@ -24,7 +26,7 @@ def _values(dtype: str, kind: str, shape: tuple[int, ...]) -> torch.Tensor:
     """A tensor of ``dtype`` holding ``kind`` data (random: arbitrary bit patterns)."""
     n = int(np.prod(shape))
     rng = np.random.default_rng(len(dtype) * 31 + KINDS.index(kind))
-    x = rng.standard_normal(n) * 0.02
+    x: npt.NDArray[np.floating[Any]] = rng.standard_normal(n) * 0.02
     if kind == "constant":
         x[:] = 0.125
     elif kind == "special":
@@ -115,6 +117,7 @@ def test_zarr_python_reads_a_lossless_store_on_its_own(store: str,
                  "float64.constant", "ints"):
         arr = group[name]
         assert isinstance(arr, zarr.Array)
+        assert isinstance(arr.metadata, ArrayV3Metadata)
         assert arr.metadata.codecs[1].to_dict()["name"] == "blosc"
         got = np.asarray(arr[...])
         assert got.tobytes() == _bits(tensors[name]), name

@@ -212,7 +212,9 @@ def test_missing_tensor(saved: tuple[str, Net], tmp_path: Path) -> None:
     sk = _skeleton()
     with pytest.raises(MissingTensorError, match=r"blocks\.3\.fc1\.bias"):
         offload(sk, tmp_path / "m", device="cpu")
-    assert sk.blocks[3].fc1.bias.device.type == "meta"  # a failed offload leaves the skeleton
+    block = sk.blocks[3]
+    assert isinstance(block, Block)
+    assert block.fc1.bias.device.type == "meta"  # a failed offload leaves the skeleton
 
 
 def test_shape_and_dtype_mismatch(saved: tuple[str, Net], tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import bigstore
+from bigstore.io import CudaFiller
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
 from tests.weights.test_offload import Net, _inputs
 
@@ -28,8 +29,10 @@ def test_cuda_identical(tmp_path: Path, prefetch: int, staging: str) -> None:
         sk, tmp_path / "m", device="cuda", budget=budget, prefetch=prefetch,
         staging_bytes=staging,
     ) as m, torch.no_grad():
-        assert m.filler.copy_stream is not None
-        assert all(t.is_pinned() for t in m.filler.ring)
+        filler = m.filler
+        assert isinstance(filler, CudaFiller)
+        assert filler.copy_stream is not None
+        assert all(t.is_pinned() for t in filler.ring)
         for x in _inputs():
             x = x.cuda()
             assert torch.equal(m(x), ref(x))

@@ -56,6 +56,7 @@ def test_offload_from_s3_with_cache(s3_url: tuple[str, dict[str, Any]], tmp_path
     # next run: every chunk from the cache, nothing from S3
     with offload(_skel(), url, **kwargs) as m, torch.no_grad():
         assert torch.equal(m(x), want)
+        assert isinstance(m.tensor_store.store, CachedStore)
         assert m.tensor_store.store.misses == 0
     assert first_misses == sum(
         bigstore.open(url, storage_options=opts).meta(n).n_chunks

@@ -17,7 +17,7 @@ from bigstore.errors import BigstoreError
 from bigstore.plan.residency import plan_tiers
 from bigstore.plan.schedule import Schedule
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
-from tests.weights.test_offload import Net, _inputs, _skeleton
+from tests.weights.test_offload import Block, Net, _inputs, _skeleton
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -159,14 +159,16 @@ def test_keyboard_interrupt_inside_forward_leaves_a_working_handle(saved: tuple[
     sk = _skeleton()
     x = _inputs()[0]
     m = offload(sk, url, device="cpu", budget=_small_budget(url))
-    fired = []
+    fired: list[int] = []
 
     def interrupt(*_: Any) -> None:
         if not fired:
             fired.append(1)
             raise KeyboardInterrupt  # Ctrl-C in the middle of a pass
 
-    h = sk.blocks[3].fc2.register_forward_hook(interrupt)
+    block = sk.blocks[3]
+    assert isinstance(block, Block)
+    h = block.fc2.register_forward_hook(interrupt)
     with torch.no_grad():
         with pytest.raises(KeyboardInterrupt):
             m(x)

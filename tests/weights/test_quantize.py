@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,9 @@ def test_spec_is_json_and_the_parts_are_plain_zarr_arrays(tmp_path: Path) -> Non
                               chunks=(16, arr.shape[1]), attributes={"quant": doc})
         z[...] = arr
     back = {p: zarr.open_array(str(tmp_path / p), mode="r") for p in parts}
-    spec = QuantSpec.from_json(dict(back["packed"].attrs["quant"]), "layers.0.w")
-    q2 = QuantizedTensor(back["packed"][...], back["scales"][...], back["zeros"][...], spec)
+    quant = back["packed"].attrs["quant"]
+    assert isinstance(quant, Mapping)
+    spec = QuantSpec.from_json(dict(quant), "layers.0.w")
+    q2 = QuantizedTensor(np.asarray(back["packed"][...]), np.asarray(back["scales"][...]),
+                         np.asarray(back["zeros"][...]), spec)
     assert dequantize_tensor("w", q2).tobytes() == dequantize_tensor("w", q).tobytes()

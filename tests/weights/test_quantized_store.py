@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -186,11 +187,17 @@ def test_the_parts_are_plain_zarr_arrays(odd: tuple[str, dict[str, torch.Tensor]
         assert isinstance(p, bigstore.PackedTensor)
         group = root[name]
         assert isinstance(group, zarr.Group)
-        desc = dict(group.attrs)["bigstore"]["quantized"]
+        meta = dict(group.attrs)["bigstore"]
+        assert isinstance(meta, Mapping)
+        desc = meta["quantized"]
         assert desc == p.spec.to_json()
-        assert np.array_equal(np.asarray(group["packed"][...]), p.packed.numpy())
-        assert np.array_equal(np.asarray(group["zeros"][...]), p.zeros.numpy())  # type: ignore[union-attr]
-        assert np.asarray(group["scales"][...]).tobytes() == _bits(p.scales)
+        packed, zeros, scales = group["packed"], group["zeros"], group["scales"]
+        assert isinstance(packed, zarr.Array) and isinstance(zeros, zarr.Array)
+        assert isinstance(scales, zarr.Array)
+        assert p.zeros is not None
+        assert np.array_equal(np.asarray(packed[...]), p.packed.numpy())
+        assert np.array_equal(np.asarray(zeros[...]), p.zeros.numpy())
+        assert np.asarray(scales[...]).tobytes() == _bits(p.scales)
     doc = json.loads((Path(url) / "zarr.json").read_text())
     assert doc["attributes"]["bigstore"]["format_version"] == 2  # older readers refuse it
 

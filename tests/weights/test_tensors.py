@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -121,14 +122,22 @@ def test_zarr_python_reads_what_bigstore_writes(tmp_path: Any, codec: str | None
     g = zarr.open_group(url, mode="r")
     assert sorted(g.array_keys()) == sorted(t)
     q = g["model.layers.0.self_attn.q_proj.weight"]
+    assert isinstance(q, zarr.Array)
     assert q.chunks[0] < 100  # really chunked
-    np.testing.assert_array_equal(q[:], t["model.layers.0.self_attn.q_proj.weight"].numpy())
+    np.testing.assert_array_equal(np.asarray(q[:]),
+                                  t["model.layers.0.self_attn.q_proj.weight"].numpy())
     e = g["model.embed.bf16"]
-    assert e.attrs["bigstore"]["dtype"] == "bfloat16"
-    assert np.array_equal(e[:], t["model.embed.bf16"].view(torch.int16).numpy().view(np.uint16))
+    assert isinstance(e, zarr.Array)
+    meta = e.attrs["bigstore"]
+    assert isinstance(meta, Mapping)
+    assert meta["dtype"] == "bfloat16"
+    assert np.array_equal(np.asarray(e[:]),
+                          t["model.embed.bf16"].view(torch.int16).numpy().view(np.uint16))
     # and without consolidated metadata too
     g2 = zarr.open_group(url, mode="r", use_consolidated=False)
-    np.testing.assert_array_equal(g2["model.layers.0.self_attn.q_proj.weight"][5:9],
+    q2 = g2["model.layers.0.self_attn.q_proj.weight"]
+    assert isinstance(q2, zarr.Array)
+    np.testing.assert_array_equal(np.asarray(q2[5:9]),
                                   t["model.layers.0.self_attn.q_proj.weight"][5:9].numpy())
 
 
