@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 import torch
 import zarr
@@ -17,34 +16,18 @@ from bigstore.config import LosslessConfig
 from bigstore.errors import CorruptChunkError, TruncatedChunkError, UnsupportedCodecError
 from bigstore.format import lossless
 from bigstore.format.codecs import ChunkCodec, crc32c_of
+from tests._floats import FLOATS, float_values
 
 Arr = np.ndarray[Any, Any]
-DTYPES = ["float16", "bfloat16", "float32", "float64"]
+DTYPES = FLOATS
 
 
 def _values(dtype: str, kind: str, n: int = 50_000) -> Arr:
     """``n`` values of ``dtype`` as their storage array (bfloat16 as uint16 bits)."""
-    rng = np.random.default_rng(hash((dtype, kind)) % 2**32)
-    x: npt.NDArray[np.floating[Any]] = (rng.standard_normal(n) * 0.02).astype(np.float64)
-    if kind == "constant":
-        x[:] = 0.125
-    elif kind == "special":
-        x[rng.random(n) < 0.3] = np.nan
-        x[rng.random(n) < 0.1] = np.inf
-        x[rng.random(n) < 0.1] = -np.inf
-        x[rng.random(n) < 0.1] = -0.0
-    elif kind == "subnormal":
-        tiny = {"float16": 2.0**-24, "bfloat16": 2.0**-133, "float32": 2.0**-149,
-                "float64": 2.0**-1074}[dtype]
-        x = rng.integers(-1000, 1000, n) * tiny
+    t = float_values(dtype, kind, n)
     if dtype == "bfloat16":
-        t = torch.from_numpy(x.astype(np.float32)).bfloat16()
-        out = t.view(torch.int16).numpy().view(np.uint16)
-    else:
-        out = x.astype(dtype)
-    if kind == "random":  # random bit patterns: incompressible
-        out = rng.integers(0, 256, out.nbytes, dtype=np.uint8).view(out.dtype)
-    return out
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 import torch
 import zarr
@@ -17,33 +16,12 @@ import bigstore
 from bigstore.errors import ChecksumError, UnsupportedCodecError
 from bigstore.format import lossless, parse_codec
 from bigstore.format.codecs import CRC_BYTES
-
-FLOATS = ["float16", "bfloat16", "float32", "float64"]
-KINDS = ["normal", "random", "constant", "special", "subnormal"]
+from tests._floats import FLOATS, KINDS, float_values
 
 
 def _values(dtype: str, kind: str, shape: tuple[int, ...]) -> torch.Tensor:
     """A tensor of ``dtype`` holding ``kind`` data (random: arbitrary bit patterns)."""
-    n = int(np.prod(shape))
-    rng = np.random.default_rng(len(dtype) * 31 + KINDS.index(kind))
-    x: npt.NDArray[np.floating[Any]] = rng.standard_normal(n) * 0.02
-    if kind == "constant":
-        x[:] = 0.125
-    elif kind == "special":
-        x[rng.random(n) < 0.3] = np.nan
-        x[rng.random(n) < 0.1] = np.inf
-        x[rng.random(n) < 0.1] = -np.inf
-        x[rng.random(n) < 0.1] = -0.0
-    elif kind == "subnormal":
-        tiny = {"float16": 2.0**-24, "bfloat16": 2.0**-133, "float32": 2.0**-149,
-                "float64": 2.0**-1074}[dtype]
-        x = rng.integers(-1000, 1000, n) * tiny
-    t = torch.from_numpy(x.astype(np.float32 if dtype == "bfloat16" else dtype)).to(
-        getattr(torch, dtype))
-    if kind == "random":  # every bit pattern, NaN payloads included: nothing to compress
-        bits = rng.integers(0, 256, t.numel() * t.element_size(), dtype=np.uint8)
-        t = torch.from_numpy(bits).view(t.dtype)
-    return t.reshape(shape)
+    return float_values(dtype, kind, int(np.prod(shape))).reshape(shape)
 
 
 def _bits(t: torch.Tensor) -> bytes:
