@@ -260,7 +260,7 @@ def main() -> None:
     from bigstore.weights.offload import unique_state_dict
 
     transformers.logging.set_verbosity_error()
-    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench-compressed-"))
+    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-compressed-", dir=args.workdir))
     work.mkdir(parents=True, exist_ok=True)
     cfg = gpt_config(args.quick)
     torch.manual_seed(0)

@@ -32,6 +32,7 @@ import torch
 import bigstore
 from bigstore.bench import drop_page_cache, read_seconds, store_files
 from bigstore.config import MiB
+from bigstore.errors import BudgetError
 
 Row = dict[str, Any]
 
@@ -88,7 +89,7 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(torch.get_num_threads())
-    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench-generate-"))
+    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-generate-", dir=args.workdir))
     rows: list[Row] = []
     try:
         for name in args.models.split(","):
@@ -140,9 +141,14 @@ def run_model(name: str, cfg: Any, dtype: torch.dtype, args: argparse.Namespace,
                 base = {"model": label, "share": share, "state": state, "work": work_kind,
                         "compute_s": compute[work_kind], "bound_s": bound}
                 for host in ("auto", "0"):
-                    t, identical, pass_bytes = _bigstore(cfg, dtype, store, files, budget,
-                                                         host, state, work_kind, ids, gen, want,
-                                                         args.repeat)
+                    try:
+                        t, identical, pass_bytes = _bigstore(cfg, dtype, store, files, budget,
+                                                             host, state, work_kind, ids, gen,
+                                                             want, args.repeat)
+                    except BudgetError as e:  # below the largest unit: a cell it cannot run
+                        rows.append({**base, "who": f"bigstore host={host}", "s": None,
+                                     "note": str(e)})
+                        continue
                     rows.append({**base, "who": f"bigstore host={host}", "s": t,
                                  "identical": identical, "last_pass": pass_bytes})
                 if acc_dir is not None and main:
@@ -254,6 +260,10 @@ def print_table(rows: list[Row]) -> None:
     acc = {(r["model"], r["share"], r["state"], r["work"]): r["s"] for r in rows
            if r["who"] == "accelerate"}
     for r in rows:
+        if r["s"] is None:
+            print(f"{r['model']:28s} {r['share']:6.0%} {r['state']:5s} {r['work']:8s} "
+                  f"{r['who']:20s} {'-':>8s}  {r['note']}")
+            continue
         key = (r["model"], r["share"], r["state"], r["work"])
         vs = f"{acc[key] / r['s']:.2f}x" if key in acc and r["who"] != "accelerate" else ""
         lp = r.get("last_pass")

@@ -42,10 +42,10 @@ def main() -> None:
         peers=() if args.no_accelerate else ("accelerate",),
     )
     size = parse_bytes("4MiB" if args.quick else args.size)
-    work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="bench-offload-"))
-    work.mkdir(parents=True, exist_ok=True)
-    report = run_offload(work, synthetic=size, options=opts, workdir=work,
-                         progress=Progress(True, prefix="bench_offload"))
+    with tempfile.TemporaryDirectory(prefix="bench-offload-", dir=args.workdir) as tmp:
+        work = pathlib.Path(tmp)  # inside --workdir, never the directory itself: it is removed
+        report = run_offload(work, synthetic=size, options=opts, workdir=work,
+                             progress=Progress(True, prefix="bench_offload"))
     print(to_table(report))
     if args.json:
         pathlib.Path(args.json).write_text(to_json(report))

@@ -121,17 +121,10 @@ def run_load(
             _remote_cases(report, inputs, opts, storage_options, progress)
     finally:
         if made is not None and not keep:
-            _remove(made, storage_options)
+            remove_store(made, storage_options)
         shutil.rmtree(work, ignore_errors=True)
     report.finish()
     return report
-
-
-def _remove(url: str, storage_options: Mapping[str, Any] | None) -> None:
-    if is_local_url(url):
-        shutil.rmtree(local_path(url), ignore_errors=True)
-    else:
-        remove_store(url, storage_options)
 
 
 def _synthetic(

@@ -172,10 +172,7 @@ def run_loader(
                             f"(lowest epoch {main.metrics['au_min']:.3f})")
     finally:
         if made is not None and not keep:
-            if is_local_url(made):
-                shutil.rmtree(local_path(made), ignore_errors=True)
-            else:
-                remove_store(made, storage_options)
+            remove_store(made, storage_options)
         shutil.rmtree(work, ignore_errors=True)
     report.finish()
     return report

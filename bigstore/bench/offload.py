@@ -114,10 +114,7 @@ def run_offload(
         _measure(report, model, opts, storage_options, work, progress, features)
     finally:
         if made is not None and not keep:
-            if is_local_url(made):
-                shutil.rmtree(local_path(made), ignore_errors=True)
-            else:
-                remove_store(made, storage_options)
+            remove_store(made, storage_options)
         shutil.rmtree(work, ignore_errors=True)
     report.finish()
     return report

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
-from ..store import Store, open_store
+from ..store import Store, is_local_url, local_path, open_store
 
 __all__ = ["open_measured", "remove_store"]
 
@@ -22,5 +23,8 @@ def open_measured(
 
 
 def remove_store(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
-    """Delete everything under a store URL the benchmark created itself."""
-    open_measured(url, storage_options).delete_prefix("")
+    """Delete everything under a store URL the benchmark created itself (a local one whole)."""
+    if is_local_url(url):
+        shutil.rmtree(local_path(url), ignore_errors=True)
+    else:
+        open_measured(url, storage_options).delete_prefix("")
