@@ -4,6 +4,13 @@ benchmark, with one summary at the end (and ``gpu_check.json`` under ``--out`` o
     python benchmarks/gpu_check.py                  # everything, about 5 minutes on an H200
     python benchmarks/gpu_check.py --skip-tests     # the benchmark only
 
+On a machine where bigstore is not installed (the lent device machine: zarr and numcodecs travel
+as wheels in ``.whl``), ``native/`` must be importable as ``bigstore_native``:
+
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+    mkdir -p /tmp/nat && ln -sfn $PWD/native /tmp/nat/bigstore_native
+    PYTHONPATH=/tmp/site:$PWD:/tmp/nat python3 benchmarks/gpu_check.py --out $OUT
+
 Every figure is a ratio to a bound measured in the same run: the host->device copy of pinned
 memory (PCIe), the raw read of the same files, and the resident model's own compute time.
 """
