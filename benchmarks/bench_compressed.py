@@ -44,6 +44,7 @@ import torch
 
 import bigstore
 from bigstore.bench import disk_bound_seconds, drop_page_cache, read_seconds, store_files
+from bigstore.bench.offload import accelerate_device_map
 from bigstore.format import QuantizedLayout, lossless
 from bigstore.format.codecs import CRC_BYTES
 from bigstore.io import get_executor
@@ -217,17 +218,13 @@ def generation_cells(cfg: Any, urls: dict[str, pathlib.Path], budget: int, ids: 
 
 def accelerate_model(cfg: Any, ckpt: pathlib.Path, folder: pathlib.Path, budget: int) -> Any:
     import transformers
-    from accelerate import infer_auto_device_map, init_empty_weights, load_checkpoint_and_dispatch
+    from accelerate import init_empty_weights, load_checkpoint_and_dispatch
 
     with init_empty_weights():
         model = transformers.AutoModelForCausalLM.from_config(
             cfg, torch_dtype=torch.bfloat16).eval()
     model.tie_weights()
-    device_map = infer_auto_device_map(model, max_memory={"cpu": budget, "disk": 1 << 40},
-                                       no_split_module_classes=["GPT2Block"],
-                                       dtype=torch.bfloat16)
-    if "cpu" not in device_map.values():  # accelerate cannot load a map that is all "disk"
-        device_map[next(iter(device_map))] = "cpu"
+    device_map = accelerate_device_map(model, budget, ["GPT2Block"], dtype=torch.bfloat16)
     with contextlib.redirect_stderr(io.StringIO()):  # a progress bar line per weight
         return load_checkpoint_and_dispatch(model, str(ckpt), device_map=device_map,
                                             offload_folder=str(folder), dtype=torch.bfloat16,

@@ -31,6 +31,7 @@ import torch
 
 import bigstore
 from bigstore.bench import drop_page_cache, read_seconds, store_files
+from bigstore.bench.offload import accelerate_device_map
 from bigstore.config import MiB
 from bigstore.errors import BudgetError
 
@@ -229,12 +230,7 @@ def _accelerate(cfg: Any, dtype: torch.dtype, ckpt: pathlib.Path, budget: int, s
         m.tie_weights()
         block = type(m.base_model.layers[0] if hasattr(m.base_model, "layers")
                      else m.base_model.h[0]).__name__
-        dmap = accelerate.infer_auto_device_map(m, max_memory={"cpu": budget, "disk": 1 << 40},
-                                                no_split_module_classes=[block])
-        if "cpu" not in dmap.values():
-            # accelerate cannot load a map that is all "disk", and for some models (Llama) it
-            # returns one entry for the whole model: place the blocks in order ourselves
-            dmap = _device_map(m, budget)
+        dmap = accelerate_device_map(m, budget, [block])
         return accelerate.load_checkpoint_and_dispatch(
             m, str(ckpt), device_map=dmap, offload_folder=str(off),
             no_split_module_classes=[block]), off
@@ -256,36 +252,6 @@ def _accelerate(cfg: Any, dtype: torch.dtype, ckpt: pathlib.Path, budget: int, s
     return best(lambda: run(m), repeat)
 
 
-def _device_map(m: Any, budget: int) -> dict[str, str]:
-    """Modules in execution order (embeddings, each block, final norm, head) on "cpu" while
-    their bytes fit ``budget``, the rest on "disk"; a tied head goes where its embedding is."""
-    def parts(mod: Any, prefix: str) -> list[tuple[str, Any]]:
-        out: list[tuple[str, Any]] = []
-        for name, child in mod.named_children():
-            full = f"{prefix}{name}"
-            if isinstance(child, torch.nn.ModuleList):
-                out += [(f"{full}.{i}", c) for i, c in enumerate(child)]
-            elif any(isinstance(c, torch.nn.ModuleList) for c in child.children()):
-                out += parts(child, f"{full}.")
-            else:
-                out.append((full, child))
-        return out
-
-    seen: dict[int, str] = {}
-    dmap: dict[str, str] = {}
-    used = 0
-    for name, mod in parts(m, ""):
-        params = [p for p in mod.parameters() if id(p) not in seen]
-        tied = [seen[id(p)] for p in mod.parameters() if id(p) in seen]
-        n = sum(p.numel() * p.element_size() for p in params)
-        if tied:
-            dmap[name] = tied[0]
-        else:
-            dmap[name] = "cpu" if used + n <= budget or not dmap else "disk"
-            used += n if dmap[name] == "cpu" else 0
-        for p in params:
-            seen[id(p)] = dmap[name]
-    return dmap
 
 
 def print_table(rows: list[Row]) -> None:

@@ -448,7 +448,7 @@ def _accelerate_row(
 
 def _accelerate_model(model: _Model, folder: Path, budget: int) -> Callable[..., Any]:
     import transformers
-    from accelerate import infer_auto_device_map, init_empty_weights, load_checkpoint_and_dispatch
+    from accelerate import init_empty_weights, load_checkpoint_and_dispatch
 
     with init_empty_weights():
         m = transformers.AutoModelForCausalLM.from_config(model.config).eval()
@@ -457,13 +457,65 @@ def _accelerate_model(model: _Model, folder: Path, budget: int) -> Callable[...,
     layers = getattr(getattr(m, "transformer", None), "h", None)
     if layers is not None and len(layers):
         blocks = [type(layers[0]).__name__]
-    device_map = infer_auto_device_map(m, max_memory={"cpu": budget, "disk": 1 << 40},
-                                       no_split_module_classes=blocks)
-    if "cpu" not in device_map.values():  # accelerate cannot load a map that is all "disk"
-        device_map[next(iter(device_map))] = "cpu"
+    device_map = accelerate_device_map(m, budget, blocks)
     assert model.hf_dir is not None
     out: Callable[..., Any] = load_checkpoint_and_dispatch(
         m, os.fspath(model.hf_dir), device_map=device_map, offload_folder=os.fspath(folder),
         no_split_module_classes=blocks,
     )
     return out
+
+
+def accelerate_device_map(model: Any, budget: int, blocks: list[str],
+                          dtype: Any = None) -> dict[str, str]:
+    """accelerate's CPU-device map for ``model`` under ``budget`` bytes: ``"cpu"`` (resident)
+    and ``"disk"`` (offloaded), as `infer_auto_device_map` gives it when that map is usable.
+
+    `infer_auto_device_map` may answer with no "cpu" entry at all - for a Llama model under a
+    small budget it returns ``{"": "disk"}`` - which `load_checkpoint_and_dispatch` refuses, and
+    patching its first entry to "cpu" would make the *whole* model resident (a comparison that
+    measures nothing). Then the modules are placed here in execution order: embeddings, each
+    block, the final norm, the head on "cpu" while their bytes fit ``budget`` (the first always:
+    accelerate needs one), the rest on "disk"; a tied module goes where its twin went.
+    """
+    from accelerate import infer_auto_device_map
+
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    dmap: dict[str, str] = infer_auto_device_map(
+        model, max_memory={"cpu": budget, "disk": 1 << 40}, no_split_module_classes=blocks,
+        **kwargs)
+    if "cpu" in dmap.values():
+        return dmap
+    return _ordered_device_map(model, budget)
+
+
+def _ordered_device_map(model: Any, budget: int) -> dict[str, str]:
+    import torch
+
+    def parts(mod: Any, prefix: str) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        for name, child in mod.named_children():
+            full = f"{prefix}{name}"
+            if isinstance(child, torch.nn.ModuleList):
+                out += [(f"{full}.{i}", c) for i, c in enumerate(child)]
+            elif any(isinstance(c, torch.nn.ModuleList) for c in child.children()):
+                out += parts(child, f"{full}.")
+            else:
+                out.append((full, child))
+        return out
+
+    placed: dict[int, str] = {}  # id(parameter) -> tier, so tied weights share one
+    dmap: dict[str, str] = {}
+    used = 0
+    for name, mod in parts(model, ""):
+        params = list(mod.parameters())
+        tied = [placed[id(p)] for p in params if id(p) in placed]
+        if tied:
+            dmap[name] = tied[0]
+        else:
+            n = sum(p.numel() * p.element_size() for p in params)
+            dmap[name] = "cpu" if used + n <= budget or not dmap else "disk"
+            used += n if dmap[name] == "cpu" else 0
+        for p in params:
+            placed.setdefault(id(p), dmap[name])
+    return dmap
