@@ -35,9 +35,41 @@ from ..format.codecs import CRC_BYTES, check_crc
 from ..store import Store
 from .executor import get_executor
 
-__all__ = ["MappedArray", "MappedRegion", "map_objects", "mappable"]
+__all__ = ["MappedArray", "MappedRegion", "map_objects", "mappable", "readahead"]
 
 PAGE = posix.PAGE
+
+
+def readahead(store: Store, layout: ArrayLayout) -> int:
+    """Start reading every stored byte of ``layout`` into the page cache, asynchronously
+    (``posix_fadvise(WILLNEED)`` on its files; nothing is mapped, checked or reserved).
+
+    For bytes needed soon whose destination cannot be reserved yet (a budget is full until
+    the unit computing now is done): the disk works on them meanwhile. Only for callers that
+    keep their own record of checked chunks: pages brought in here must not make a chunk look
+    "still cached since it was checked" to the process-wide record. Returns the bytes asked
+    for (0 where the store has no local files or the layout is quantized)."""
+    if isinstance(layout, QuantizedLayout) or not posix.available() or not layout.n_chunks:
+        return 0
+    stored = layout.stored_chunk_nbytes
+    asked = 0
+    for i, key in enumerate(layout.object_keys()):
+        loc = store.local_file(key)
+        if loc is None:
+            return asked
+        path, off = loc
+        n = (layout.chunks_in_shard(i) * stored + layout.index_nbytes if layout.sharded
+             else stored)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile: the fill that reads it will say so
+        try:
+            os.posix_fadvise(fd, off, n, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+        asked += n
+    return asked
 
 
 class MappedRegion:

@@ -83,6 +83,7 @@ class _UnitState:
     host: HostCopy | None = None  # the unit's host-tier copy, when it keeps one
     keeping: bool = False  # a fill in flight was asked to make a host copy (bytes reserved)
     rows_bytes: int = 0  # loaded as just some rows (an embedding's looked-up rows)
+    hinted: int = -1  # the pass in which storage was last told this unit comes soon
 
 
 class Pager:
@@ -348,7 +349,10 @@ class Pager:
     def _prefetch(self) -> None:
         if self.prefetch <= 0:
             return
-        for k, v in enumerate(self.schedule.upcoming(self.cursor, self.prefetch)):
+        upcoming = self.schedule.upcoming(self.cursor, 2 * self.prefetch)
+        self._hint(upcoming[self.prefetch:])
+        upcoming = upcoming[: self.prefetch]
+        for k, v in enumerate(upcoming):
             st = self.units[v]
             if st.loaded or st.future is not None or st.rows_bytes:
                 continue
@@ -356,7 +360,20 @@ class Pager:
                 continue  # looked up row by row: never read whole ahead of time
             # never evict what is needed before the unit being fetched
             if not self._start(st, demand=False, nearer_than=float(k)):
+                self._hint(upcoming[k:])
                 return
+
+    def _hint(self, units: Sequence[int]) -> None:
+        """Units due soon that are not started now (past the prefetch window, or the budget
+        is full until the running unit is done): storage starts on them anyway (into the
+        page cache; nothing reserved), so their fills find the bytes read. Without it a
+        small budget leaves one unit's read in flight at a time. Once a pass per unit."""
+        for v in units:
+            st = self.units[v]
+            if (st.host is None and st.future is None and not st.loaded
+                    and st.hinted != self.stats.passes and v not in self.rows_units):
+                st.hinted = self.stats.passes
+                self.filler.hint(st.requests)
 
     def _make_room(self, need: int, *, demand: bool, nearer_than: float) -> bool:
         if need > self.budget - self.fixed_bytes:
