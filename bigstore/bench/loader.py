@@ -166,7 +166,11 @@ def run_loader(
                 r.metrics["au_mean"] = float(np.mean(aus)) if aus else None
                 r.metrics["au_passed"] = float(all(a >= opts.au_target for a in aus))
             main = report.contender()
-            if main is not None:
+            if main is not None and step is None and opts.compute_ms <= 0:
+                # nothing was computed, so AU is 0 by definition: no verdict to give
+                report.note("no accelerator simulated (compute 0 ms a batch): AU not judged; "
+                            "give --compute-ms to measure it")
+            elif main is not None:
                 verdict = "met in every epoch" if main.metrics["au_passed"] else "MISSED"
                 report.note(f"AU target {opts.au_target:.0%}: bigstore {verdict} "
                             f"(lowest epoch {main.metrics['au_min']:.3f})")

@@ -291,6 +291,11 @@ class CpuFiller(Filler):
         # times per unit. Only slow work (reads to copy, checksums; they release the GIL) goes
         # to the worker; a warm, already checked request needs none.
         mapped = self._map(requests)
+        if self.worker is not None and len(mapped) < len(requests):
+            # the reads of what is not mapped (decoded, quantized) run on the worker, one unit
+            # after another: let the disk start on them now, while earlier units decode
+            get_executor().submit(_readahead_all, self.reader.store,
+                                  [r for i, r in enumerate(requests) if i not in mapped])
         if self.worker is not None and self._work_left(requests, mapped):
             return self.worker.submit(self._finish, requests, mapped, keep)
         return _done(self._finish, requests, mapped, keep)
@@ -331,16 +336,18 @@ class CpuFiller(Filler):
                             lambda j: j[0].verify([j[1]], again=again), jobs):
                         pass
         out: list[torch.Tensor] = []
+        reads: list[RowRequest] = []
         for i, r in enumerate(requests):
             m = mapped.get(i)
             if m is None:
                 buf = host_buffer(r.nbytes)
                 if r.nbytes:
-                    self.reader.read_rows([RowRequest(r.layout, 0, r.layout.rows,
-                                                      memoryview(buf.numpy()))])
+                    reads.append(RowRequest(r.layout, 0, r.layout.rows, memoryview(buf.numpy())))
                 out.append(buf)
                 continue
             out.append(torch.from_numpy(m.data()))
+        if reads:  # one call: every tensor's reads (and decodes) of the unit in flight at once
+            self.reader.read_rows(reads)
         n = sum(r.nbytes for r in requests)
         self._count(n)
         if self.drop_cache and not keep:  # mapped pages are dropped on release, once unmapped

@@ -48,8 +48,10 @@ def readahead(store: Store, layout: ArrayLayout) -> int:
     the unit computing now is done): the disk works on them meanwhile. Only for callers that
     keep their own record of checked chunks: pages brought in here must not make a chunk look
     "still cached since it was checked" to the process-wide record. Returns the bytes asked
-    for (0 where the store has no local files or the layout is quantized)."""
-    if isinstance(layout, QuantizedLayout) or not posix.available() or not layout.n_chunks:
+    for (0 where the store has no local files). A quantized layout: its parts' bytes."""
+    if isinstance(layout, QuantizedLayout):  # its stored parts are ordinary arrays
+        return sum(readahead(store, part) for _, part in layout.parts)
+    if not posix.available() or not layout.n_chunks:
         return 0
     stored = layout.stored_chunk_nbytes
     asked = 0

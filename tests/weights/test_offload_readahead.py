@@ -14,6 +14,7 @@ from torch import nn
 
 import bigstore
 from bigstore.bench import drop_page_cache, resident_bytes, store_files
+from bigstore.format import QuantizedLayout
 from bigstore.io import FillRequest, readahead
 from bigstore.io.device import Filler
 from bigstore.weights.offload import offload, skeleton
@@ -82,3 +83,23 @@ def test_pager_hints_units_it_cannot_start(tmp_path: Path, monkeypatch: pytest.M
     assert per_pass <= LAYERS  # each unit at most once a pass
     assert all(len(h) == 1 and h[0].startswith("layers.") for h in hinted)
     m.close()
+
+
+def test_readahead_of_a_quantized_tensor_reads_its_parts(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    url = str(tmp_path / "q.bigstore")
+    name = "layers.0.mlp.weight"
+    bigstore.quantize({name: torch.randn(512, 512)}, url, "int4")
+    files = store_files(url)
+    drop_page_cache(files)
+    if (resident_bytes(files) or 0) > 0:
+        pytest.skip("this file system keeps pages cached after POSIX_FADV_DONTNEED")
+    ts = bigstore.open(url)
+    layout = ts.meta(name)
+    assert isinstance(layout, QuantizedLayout)
+    parts = sum(part.stored_chunk_nbytes * part.n_chunks for _, part in layout.parts)
+    assert readahead(ts.store, layout) >= parts
+    deadline = time.monotonic() + 5
+    while (resident_bytes(files) or 0) < parts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (resident_bytes(files) or 0) >= parts
