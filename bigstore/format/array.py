@@ -205,6 +205,13 @@ class ArrayLayout:
     def chunks_in_shard(self, s: int) -> int:
         return min(self.chunks_per_shard, self.n_chunks - s * self.chunks_per_shard)
 
+    def raw_object_nbytes(self, i: int) -> int:
+        """Stored bytes of object ``i`` (of :meth:`object_keys`) when uncompressed: a chunk and
+        its crc32c, or a shard's chunks back to back and its index."""
+        if self.sharded:
+            return self.chunks_in_shard(i) * self.stored_chunk_nbytes + self.index_nbytes
+        return self.stored_chunk_nbytes
+
     def where(self, k: int, url: str = "") -> str:
         """How errors name chunk ``k``."""
         key = self.chunk_key(k)

@@ -17,7 +17,7 @@ from .device import (
     plan_pieces,
 )
 from .executor import Executor, get_executor
-from .mapping import MappedArray, MappedRegion, map_objects, mappable, readahead
+from .mapping import MappedArray, MappedRegion, map_objects, mappable, readahead, verify_many
 from .producer import Producer, State, StoppedError, Worker
 from .reader import ChunkReader, RowRequest, byte_view
 
@@ -26,5 +26,5 @@ __all__ = [
     "Filler", "HostCopy",
     "MappedArray", "MappedRegion", "Producer", "RowRequest", "State", "StoppedError", "Worker",
     "byte_view", "get_executor", "host_array", "host_buffer", "make_filler", "map_objects",
-    "mappable", "pinned_buffer", "plan_pieces", "readahead",
+    "mappable", "pinned_buffer", "plan_pieces", "readahead", "verify_many",
 ]

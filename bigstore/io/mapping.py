@@ -22,7 +22,7 @@ import mmap
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from ..format.codecs import CRC_BYTES, check_crc
 from ..store import Store
 from .executor import get_executor
 
-__all__ = ["MappedArray", "MappedRegion", "map_objects", "mappable", "readahead"]
+__all__ = ["MappedArray", "MappedRegion", "map_objects", "mappable", "readahead", "verify_many"]
 
 PAGE = posix.PAGE
 
@@ -53,15 +53,13 @@ def readahead(store: Store, layout: ArrayLayout) -> int:
         return sum(readahead(store, part) for _, part in layout.parts)
     if not posix.available() or not layout.n_chunks:
         return 0
-    stored = layout.stored_chunk_nbytes
     asked = 0
     for i, key in enumerate(layout.object_keys()):
         loc = store.local_file(key)
         if loc is None:
             return asked
         path, off = loc
-        n = (layout.chunks_in_shard(i) * stored + layout.index_nbytes if layout.sharded
-             else stored)
+        n = layout.raw_object_nbytes(i)  # compressed objects are smaller: a hint may ask more
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
@@ -208,16 +206,15 @@ class MappedArray:
         self.layout = layout
         n, stored = layout.n_chunks, layout.stored_chunk_nbytes
         keys = layout.object_keys()
+        need = [layout.raw_object_nbytes(i) for i in range(len(keys))]
         if layout.sharded:
-            lengths = [layout.chunks_in_shard(s) * stored for s in range(len(keys))]
-            need = [m + layout.index_nbytes for m in lengths]
+            lengths = [m - layout.index_nbytes for m in need]  # the chunks, not the index
             stride = -(-max(lengths) // PAGE) * PAGE
             ks = np.arange(n, dtype=np.int64)
             cps = layout.chunks_per_shard
             self.chunk_base = (ks // cps) * stride + (ks % cps) * stored
         else:  # the data of each chunk file; its crc32c (after the data) is read separately
             lengths = [layout.chunk_nbytes] * len(keys)
-            need = [stored] * len(keys)
             stride = layout.chunk_nbytes
             self.chunk_base = np.arange(n, dtype=np.int64) * stride
         objects = []
@@ -347,3 +344,18 @@ class MappedArray:
     def forget(self) -> None:
         """Forget which chunks were checked (their pages were dropped from the cache)."""
         self.verified[:] = 0
+
+
+def verify_many(arrays: Iterable[MappedArray], *, again: bool = False, threads: int = 0
+                ) -> Iterator[int]:
+    """Check the chunks of several arrays together, each chunk a task on the pool: cold, each
+    check is a read (the disk wants them all in flight) and the crc work spreads over the
+    cores. Chunks already checked are skipped without a task (all are checked when
+    ``again``). Yields the bytes each task checked, in order; the first bad chunk raises."""
+    jobs = [(a, int(k)) for a in arrays
+            for k in (range(a.layout.n_chunks) if again
+                      else np.flatnonzero(a.verified[: a.layout.n_chunks] == 0))]
+    if len(jobs) == 1:  # no hand-off for one check
+        yield jobs[0][0].verify([jobs[0][1]], again=again)
+        return
+    yield from get_executor(threads).map(lambda j: j[0].verify([j[1]], again=again), jobs)

@@ -23,9 +23,9 @@ from ..io import (
     MappedArray,
     RowRequest,
     byte_view,
-    get_executor,
     host_buffer,
     mappable,
+    verify_many,
 )
 from ..io.dequant import dequantize_into
 from ..plan.index import Rows, select_rows
@@ -198,13 +198,7 @@ class TensorStore(Mapping[str, "TensorHandle"]):
         if self.config.verify:
             for a in arrays.values():
                 a.prefetch()  # start reading everything before checking any of it
-            jobs = [(a, k) for a in arrays.values() for k in range(a.layout.n_chunks)]
-
-            def check(job: tuple[MappedArray, int]) -> int:
-                a, k = job
-                return a.verify([k])
-
-            for n in get_executor(self.config.threads).map(check, jobs):
+            for n in verify_many(arrays.values(), threads=self.config.threads):
                 if progress is not None:
                     progress.update(n)
         out = {}
