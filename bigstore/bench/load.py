@@ -10,9 +10,6 @@ bigstore's own load already is such a pass: it checks every chunk's crc32c befor
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +23,7 @@ from .peers import PEERS, find_peer
 from .progress import Progress
 from .result import Report, new_report
 from .runs import Case, Outcome, measure
-from .stores import open_measured, remove_store
+from .stores import Scratch, open_measured
 
 __all__ = ["LoadOptions", "consume", "run_load"]
 
@@ -98,8 +95,6 @@ def run_load(
     checkpoint of about that many bytes written under ``target``)."""
     opts = options or LoadOptions()
     progress = progress or Progress(False)
-    work = Path(tempfile.mkdtemp(prefix="bigstore-bench-load-", dir=workdir))
-    made: str | None = None
     target_s = os.fspath(target)
     report = new_report("load", target_s, local_path(target_s) if is_local_url(target_s)
                         else None,
@@ -108,36 +103,32 @@ def run_load(
                                   "peers": ",".join(opts.peers), "dtype": opts.dtype},
                         synthetic=synthetic,
                         description=f"Llama-shaped {opts.dtype} checkpoint")
-    try:
+    with Scratch("load", target_s, workdir=workdir, storage_options=storage_options,
+                 keep=keep) as scratch:
         if synthetic is not None:
-            made, inputs = _synthetic(target_s, synthetic, opts, storage_options, work, progress,
-                                      report)
+            inputs = _synthetic(scratch.new_store(), synthetic, opts, storage_options,
+                                scratch.work, progress, report)
         else:
-            inputs = _given(target_s, opts, storage_options, work, progress, report)
+            inputs = _given(target_s, opts, storage_options, scratch.work, progress, report)
         report.settings["store"] = inputs.url
         if inputs.local:
             _local_cases(report, inputs, opts, progress)
         else:
             _remote_cases(report, inputs, opts, storage_options, progress)
-    finally:
-        if made is not None and not keep:
-            remove_store(made, storage_options)
-        shutil.rmtree(work, ignore_errors=True)
     report.finish()
     return report
 
 
 def _synthetic(
-    target: str, size: int, opts: LoadOptions, storage_options: Mapping[str, Any] | None,
+    url: str, size: int, opts: LoadOptions, storage_options: Mapping[str, Any] | None,
     work: Path, progress: Progress, report: Report,
-) -> tuple[str, _Inputs]:
+) -> _Inputs:
     import torch
 
     import bigstore
 
     from .synthetic import make_state_dict
 
-    url = f"{target.rstrip('/')}/bigstore-bench-{uuid.uuid4().hex[:8]}"
     sd = make_state_dict(size, getattr(torch, opts.dtype))
     nbytes = sum(t.numel() * t.element_size() for t in sd.values())
     with progress.bar("writing the synthetic checkpoint", nbytes, unit="B") as bar:
@@ -156,7 +147,7 @@ def _synthetic(
     if local and _want(opts, "torch", report):
         pt = work / "model.pt"
         torch.save(sd, pt)
-    return url, _Inputs(url, local, st, pt)
+    return _Inputs(url, local, st, pt)
 
 
 def _want(opts: LoadOptions, name: str, report: Report, *, quiet: bool = False) -> bool:

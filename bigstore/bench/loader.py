@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ from .peers import PEERS, find_peer
 from .progress import Progress
 from .result import Check, Report, Row, new_report
 from .runs import Case, Outcome, measure
-from .stores import remove_store
+from .stores import Scratch
 
 __all__ = ["LoaderOptions", "run_loader", "simulate"]
 
@@ -124,8 +122,6 @@ def run_loader(
     compute = step or sleeper(opts.compute_ms)
     target_s = os.fspath(target)
     local = is_local_url(target_s)
-    work = Path(tempfile.mkdtemp(prefix="bigstore-bench-loader-", dir=workdir))
-    made: str | None = None
     n_syn = rb = 0
     if synthetic is not None:
         n_syn, rb = parse_dataset_spec(synthetic, opts.row_bytes)
@@ -139,10 +135,12 @@ def run_loader(
         synthetic=None if synthetic is None else n_syn * (rb + 8),
         description=f"{n_syn} samples x {rb} B uint8 + int64 label",
     )
-    try:
+    with Scratch("loader", target_s, workdir=workdir, storage_options=storage_options,
+                 keep=keep) as scratch:
+        work = scratch.work
         url = target_s
         if synthetic is not None:
-            url = made = f"{target_s.rstrip('/')}/bigstore-bench-{uuid.uuid4().hex[:8]}"
+            url = scratch.new_store()
             with progress.bar("writing the synthetic dataset", n_syn, unit="sample") as bar:
                 def counted() -> Any:
                     for b in dataset_batches(n_syn, rb):
@@ -174,10 +172,6 @@ def run_loader(
                 verdict = "met in every epoch" if main.metrics["au_passed"] else "MISSED"
                 report.note(f"AU target {opts.au_target:.0%}: bigstore {verdict} "
                             f"(lowest epoch {main.metrics['au_min']:.3f})")
-    finally:
-        if made is not None and not keep:
-            remove_store(made, storage_options)
-        shutil.rmtree(work, ignore_errors=True)
     report.finish()
     return report
 

@@ -17,8 +17,6 @@ import inspect
 import io
 import os
 import shutil
-import tempfile
-import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from .peers import PEERS, find_peer
 from .progress import Progress
 from .result import Report, Row, RunSample, new_report
 from .runs import Case, Outcome, measure
-from .stores import open_measured, remove_store
+from .stores import Scratch, open_measured
 
 __all__ = ["OffloadOptions", "offload_features", "run_offload"]
 
@@ -102,20 +100,16 @@ def run_offload(
     if opts.host_budgets and not features["host_budget"]:
         report.note("this bigstore's offload has no host-RAM tier (host_budget): "
                     "--host-budgets ignored")
-    work = Path(tempfile.mkdtemp(prefix="bigstore-bench-offload-", dir=workdir))
-    made: str | None = None
-    try:
+    with Scratch("offload", target_s, workdir=workdir, storage_options=storage_options,
+                 keep=keep) as scratch:
+        work = scratch.work
         if synthetic is not None:
-            made = f"{target_s.rstrip('/')}/bigstore-bench-{uuid.uuid4().hex[:8]}"
-            model = _synthetic(made, synthetic, opts, storage_options, work, progress, report)
+            model = _synthetic(scratch.new_store(), synthetic, opts, storage_options, work,
+                               progress, report)
         else:
             model = _given(target_s, opts, storage_options, work, progress)
         report.settings["model_bytes"] = model.nbytes
         _measure(report, model, opts, storage_options, work, progress, features)
-    finally:
-        if made is not None and not keep:
-            remove_store(made, storage_options)
-        shutil.rmtree(work, ignore_errors=True)
     report.finish()
     return report
 
