@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from pathlib import Path
 
-from bigstore.config import LOCK_STALE_AFTER
-from bigstore.store import Buffer, ByteRange, Store
-from bigstore.store.lock import WriteLock
+from bigstore.store import Buffer, ByteRange, Store, WrappedStore
 
 
 def _log(path: str, line: str) -> None:
@@ -27,18 +24,16 @@ def _log(path: str, line: str) -> None:
         os.close(fd)
 
 
-class LoggedStore(Store):
+class LoggedStore(WrappedStore):
     """Delegates to ``inner``; logs ``read KEY NBYTES`` for every read and ``put KEY ok|fail``
     for every put. ``fail_once``: the first put of that key raises OSError (the marker file
     ``<log>.failed`` records that it happened, across processes)."""
 
     def __init__(self, inner: Store, log: str, fail_once: str | None = None) -> None:
-        super().__init__(inner.url)
-        self.inner, self.log, self.fail_once = inner, log, fail_once
-        self.zero_copy_reads = inner.zero_copy_reads
-        self.is_remote = inner.is_remote
+        super().__init__(inner)
+        self.log, self.fail_once = log, fail_once
 
-    # reads: counted in bytes
+    # reads: counted in bytes (get_many and read_tail come through these two)
     def get(self, key: str) -> Buffer:
         data = self.inner.get(key)
         _log(self.log, f"read {key} {memoryview(data).nbytes}")
@@ -53,18 +48,6 @@ class LoggedStore(Store):
         self.inner.read_into(key, offset, outs)
         _log(self.log, f"read {key} {sum(o.nbytes for o in outs)}")
 
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def size(self, key: str) -> int:
-        return self.inner.size(key)
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return self.inner.list(prefix)
-
-    def version(self, key: str) -> str | None:
-        return self.inner.version(key)
-
     # writes
     def put(self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False) -> None:
         marker = self.log + ".failed"
@@ -75,33 +58,8 @@ class LoggedStore(Store):
         self.inner.put(key, data, writeback=writeback)
         _log(self.log, f"put {key} ok")
 
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def delete_prefix(self, prefix: str) -> None:
-        self.inner.delete_prefix(prefix)
-
-    # capabilities: the inner store's
-    def local_file(self, key: str) -> tuple[str, int] | None:
-        return self.inner.local_file(key)
-
-    def staging(self, tag: str) -> Store:
+    def staging(self, tag: str) -> Store:  # staged writes are logged too
         return LoggedStore(self.inner.staging(tag), self.log, self.fail_once)
-
-    def write_lock(
-        self, timeout: float, *, stale_after: float = LOCK_STALE_AFTER
-    ) -> AbstractContextManager[WriteLock]:
-        return self.inner.write_lock(timeout, stale_after=stale_after)
-
-    def replace_with(self, stage: Store, *, durable: bool = True) -> bool:
-        inner = stage.inner if isinstance(stage, LoggedStore) else stage
-        return self.inner.replace_with(inner, durable=durable)
-
-    def flush(self, keys: Sequence[str] | None = None) -> None:
-        self.inner.flush(keys)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def log_lines(log: str | Path) -> list[list[str]]:

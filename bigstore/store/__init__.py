@@ -12,10 +12,12 @@ from ._cache import CachedStore, default_cache_dir
 from ._fsspec import FsspecStore
 from ._local import LocalStore
 from ._memory import MemoryStore
+from ._wrapped import WrappedStore
 
 __all__ = [
     "Buffer", "ByteRange", "CachedStore", "FsspecStore", "LocalStore", "MemoryStore", "Store",
-    "check_key", "default_cache_dir", "is_local_url", "join_key", "local_path", "open_store",
+    "WrappedStore", "check_key", "default_cache_dir", "is_local_url", "join_key", "local_path",
+    "open_store",
 ]
 
 # Install hints for fsspec protocols whose backend lives in another package.

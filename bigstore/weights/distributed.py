@@ -20,7 +20,7 @@ ranks are still reading.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -32,21 +32,19 @@ from ..format import ROOT_KEY
 from ..io import RowRequest
 from ..plan.ranks import GroupPlan, TensorRows, plan_group_load
 from ..progress import progress_bar
-from ..store import Buffer, ByteRange, Store, open_store
+from ..store import Buffer, Store, WrappedStore, open_store
 from ._arrays import from_storage_array
 from .reader import TensorStore
 
 __all__ = ["load_group"]
 
 
-class _Primed(Store):
-    """``store`` with its root document already in hand (broadcast by rank 0)."""
+class _Primed(WrappedStore):
+    """``store`` with its root document already in hand (broadcast by rank 0); read-only."""
 
     def __init__(self, store: Store, root: bytes, version: str | None) -> None:
-        super().__init__(store.url)
-        self.inner, self.root, self.root_version = store, root, version
-        self.zero_copy_reads = store.zero_copy_reads
-        self.is_remote = store.is_remote
+        super().__init__(store)
+        self.root, self.root_version = root, version
 
     def get(self, key: str) -> Buffer:
         return self.root if key == ROOT_KEY else self.inner.get(key)
@@ -54,26 +52,19 @@ class _Primed(Store):
     def version(self, key: str) -> str | None:
         return self.root_version if key == ROOT_KEY else self.inner.version(key)
 
-    def get_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[Buffer]:
-        return self.inner.get_ranges(key, ranges)
-
-    def get_many(self, keys: Sequence[str]) -> list[Buffer]:
-        return self.inner.get_many(keys)
-
-    def read_into(self, key: str, offset: int, outs: Sequence[memoryview]) -> None:
-        self.inner.read_into(key, offset, outs)
-
     def exists(self, key: str) -> bool:
         return key == ROOT_KEY or self.inner.exists(key)
 
     def size(self, key: str) -> int:
         return len(self.root) if key == ROOT_KEY else self.inner.size(key)
 
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return self.inner.list(prefix)
+    # the inner store's fast paths (concurrent gets, preadv) for everything but the root
+    def get_many(self, keys: Sequence[str]) -> list[Buffer]:
+        return [self.root if k == ROOT_KEY else b for k, b in
+                zip(keys, self.inner.get_many(keys), strict=True)]
 
-    def local_file(self, key: str) -> tuple[str, int] | None:
-        return self.inner.local_file(key)
+    def read_into(self, key: str, offset: int, outs: Sequence[memoryview]) -> None:
+        self.inner.read_into(key, offset, outs)
 
     def put(self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False) -> None:
         raise DistributedError(f"{self.url}: a store opened for a multi-rank load is read-only")
@@ -84,8 +75,17 @@ class _Primed(Store):
     def delete_prefix(self, prefix: str) -> None:
         self.put(prefix, b"")
 
-    def close(self) -> None:
-        self.inner.close()
+    def put_if_absent(self, key: str, data: Buffer) -> bool:
+        self.put(key, data)
+        return False
+
+    def replace_if(self, key: str, data: Buffer, token: str) -> str | None:
+        self.put(key, data)
+        return None
+
+    def delete_if(self, key: str, token: str) -> bool:
+        self.put(key, b"")
+        return False
 
 
 def _src(group: Any, r: int) -> int:

@@ -5,15 +5,14 @@ they would against a real object store; writes pass straight through."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-from bigstore.store import Buffer, ByteRange, Store
+from bigstore.store import Buffer, ByteRange, Store, WrappedStore
 
 
-class LatencyStore(Store):
+class LatencyStore(WrappedStore):
     def __init__(self, inner: Store, *, latency: float, bandwidth: float) -> None:
-        super().__init__(inner.url)
-        self.inner = inner
+        super().__init__(inner)
         self.latency = latency
         self.bandwidth = bandwidth  # bytes/s of one request
         self.requests = 0
@@ -37,20 +36,5 @@ class LatencyStore(Store):
             self._wait(memoryview(b).nbytes)
         return out
 
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def size(self, key: str) -> int:
-        return self.inner.size(key)
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return self.inner.list(prefix)
-
-    def put(self, key: str, data: Buffer | Sequence[Buffer], *, writeback: bool = False) -> None:
-        self.inner.put(key, data, writeback=writeback)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def delete_prefix(self, prefix: str) -> None:
-        self.inner.delete_prefix(prefix)
+    def local_file(self, key: str) -> tuple[str, int] | None:
+        return None  # every read is a request: never mapped around the latency

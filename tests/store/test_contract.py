@@ -22,6 +22,7 @@ from bigstore.store import (
     LocalStore,
     MemoryStore,
     Store,
+    WrappedStore,
     open_store,
 )
 from bigstore.store.publish import make_staging, publish
@@ -29,13 +30,15 @@ from bigstore.store.publish import make_staging, publish
 BACKENDS = {
     "local": LocalStore, "memory": MemoryStore, "fsspec-memory": FsspecStore, "s3": FsspecStore,
     "cached-fsspec-memory": FsspecStore, "cached-s3": FsspecStore,
+    "wrapped-local": LocalStore, "wrapped-s3": FsspecStore,
 }
 
 
 @pytest.fixture(params=list(BACKENDS))
 def store(request: pytest.FixtureRequest, tmp_path: Any) -> Store:
-    """Every backend, and the local cache in front of each remote one."""
-    kind = request.param.removeprefix("cached-")
+    """Every backend, the local cache in front of each remote one, and a plain wrapper (every
+    call passed through: conditional writes must stay atomic) around local and S3 stores."""
+    kind = request.param.removeprefix("cached-").removeprefix("wrapped-")
     if kind == "local":
         s: Store = open_store(str(tmp_path / "store"))
     elif kind == "memory":
@@ -49,6 +52,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Any) -> Store:
     assert type(s) is BACKENDS[request.param]
     if request.param.startswith("cached-"):
         s = CachedStore(s, tmp_path / "cache", "1MiB")
+    if request.param.startswith("wrapped-"):
+        s = WrappedStore(s)
     return s
 
 
