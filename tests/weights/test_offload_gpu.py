@@ -10,6 +10,7 @@ import torch
 import bigstore
 from bigstore.io import CudaFiller
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
+from tests._models import tiny_llama
 from tests.weights.test_offload import Net, _inputs
 
 pytestmark = pytest.mark.gpu
@@ -84,10 +85,7 @@ def test_cuda_host_tier(tmp_path: Path, host: str) -> None:
 def test_cuda_embedding_rows(tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     vocab = 2048
-    cfg = transformers.LlamaConfig(
-        num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=False,
-        max_position_embeddings=64)
+    cfg = tiny_llama(vocab, layers=2)
     torch.manual_seed(0)
     ref = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     bigstore.save(unique_state_dict(ref), tmp_path / "m")

@@ -10,6 +10,7 @@ import torch
 
 import bigstore
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
+from tests._models import tiny_gpt2, tiny_llama
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -19,14 +20,8 @@ VOCAB = 97
 
 def _configs() -> dict[str, Any]:
     return {
-        "gpt2": transformers.GPT2Config(
-            n_layer=3, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64
-        ),
-        "llama": transformers.LlamaConfig(
-            num_hidden_layers=3, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=True,
-            max_position_embeddings=64,
-        ),
+        "gpt2": tiny_gpt2(VOCAB),
+        "llama": tiny_llama(VOCAB, tied=True),
     }
 
 

@@ -17,6 +17,7 @@ from bigstore.errors import BigstoreError
 from bigstore.plan.residency import plan_tiers
 from bigstore.plan.schedule import Schedule
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
+from tests._models import tiny_bert, tiny_gpt2, tiny_llama
 from tests.weights.test_offload import Block, Net, _inputs, _skeleton
 
 transformers = pytest.importorskip("transformers")
@@ -119,15 +120,9 @@ def test_grid_bit_identical(tmp_path: Path, arch: str, budget_kib: int, host: st
                             prefetch: int) -> None:
     vocab = 97
     cfgs: dict[str, Any] = {
-        "gpt2": transformers.GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=vocab,
-                                        n_positions=64),
-        "llama": transformers.LlamaConfig(  # untied head
-            num_hidden_layers=3, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=False,
-            max_position_embeddings=64),
-        "bert": transformers.BertConfig(num_hidden_layers=2, hidden_size=32,
-                                        intermediate_size=64, num_attention_heads=2,
-                                        vocab_size=vocab, max_position_embeddings=64),
+        "gpt2": tiny_gpt2(vocab),
+        "llama": tiny_llama(vocab),  # untied head
+        "bert": tiny_bert(vocab),
     }
     cls = transformers.BertModel if arch == "bert" else transformers.AutoModelForCausalLM
     make = (lambda: cls(cfgs[arch])) if arch == "bert" else (lambda: cls.from_config(cfgs[arch]))
@@ -233,10 +228,7 @@ def test_training_mode_is_eval_while_offloaded(saved: tuple[str, Net]) -> None:
 
 def test_embedding_reads_only_the_rows_looked_up(tmp_path: Path) -> None:
     vocab = 2048  # vocabulary-heavy: the embedding is the largest unit
-    cfg = transformers.LlamaConfig(
-        num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=False,
-        max_position_embeddings=64)
+    cfg = tiny_llama(vocab, layers=2)
     torch.manual_seed(0)
     ref = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     bigstore.save(unique_state_dict(ref), tmp_path / "m")

@@ -17,6 +17,7 @@ from bigstore.errors import NotAStoreError
 from bigstore.format.safetensors import SafetensorsStore, open_weights
 from bigstore.store import open_store
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
+from tests._models import tiny_llama
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
@@ -28,11 +29,7 @@ VOCAB = 97
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """A sharded Hugging Face directory (index + 2 shards, config, a tokenizer file)."""
-    cfg = transformers.LlamaConfig(
-        num_hidden_layers=3, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=False,
-        max_position_embeddings=64, architectures=["LlamaForCausalLM"],
-    )
+    cfg = tiny_llama(VOCAB, architectures=["LlamaForCausalLM"])
     torch.manual_seed(0)
     ref = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     d = tmp_path_factory.mktemp("hf") / "model"
