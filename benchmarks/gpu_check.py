@@ -55,7 +55,7 @@ def _best(fn: Callable[[], Any], repeat: int, before: Callable[[], Any] | None =
 
 def run_tests() -> dict[str, Any]:
     # every test marked gpu; modules needing what this machine lacks (moto, dask) are skipped
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfEs", "-p", "no:cacheprovider",
            "-o", "addopts=", "--continue-on-collection-errors", "tests"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
