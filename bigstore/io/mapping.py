@@ -60,16 +60,20 @@ def readahead(store: Store, layout: ArrayLayout) -> int:
             return asked
         path, off = loc
         n = layout.raw_object_nbytes(i)  # compressed objects are smaller: a hint may ask more
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue  # gone meanwhile: the fill that reads it will say so
-        try:
-            os.posix_fadvise(fd, off, n, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
+        _willneed(path, off, n)
         asked += n
     return asked
+
+
+def _willneed(path: str, offset: int, length: int) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # gone meanwhile: the read that needs it will say so
+    try:
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+    finally:
+        os.close(fd)
 
 
 class MappedRegion:
@@ -276,14 +280,7 @@ class MappedArray:
             path, off = self._files[i]
             lo = min(lay.raw_chunk_offset(k) for k in members)
             hi = max(lay.raw_chunk_offset(k) for k in members) + lay.stored_chunk_nbytes
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue  # gone meanwhile: the check that reads it will say so
-            try:
-                os.posix_fadvise(fd, off + lo, hi - lo, os.POSIX_FADV_WILLNEED)
-            finally:
-                os.close(fd)
+            _willneed(path, off + lo, hi - lo)
 
     def verify(self, chunks: Sequence[int] | np.ndarray[Any, Any] | None = None, *,
                again: bool = False) -> int:
