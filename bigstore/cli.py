@@ -124,6 +124,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     src = Path(local_path(args.src)) if is_local_url(args.src) else None
     if src is not None and not src.exists():
         raise StoreNotFoundError(f"{args.src}: no such file or directory")
+    calibration = None
+    if args.calibration is not None:
+        if args.quantize is None:
+            raise BigstoreError("--calibration needs --quantize int8|int4")
+        from .weights.calibrate import Calibration
+
+        calibration = Calibration.open(args.calibration, storage_options=args.opts)
     st = [args.dst] + ([str(f) for f in src.glob("*.safetensors")] if src and src.is_dir()
                        else [args.src])
     if any(str(f).lower().endswith(".safetensors") for f in st):
@@ -136,11 +143,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     summary = convert(
         args.src, args.dst, codec=codec, chunk_bytes=chunk_bytes,
         storage_options=args.opts, progress=not args.json and not args.quiet,
-        quantize=args.quantize,
+        quantize=args.quantize, calibration=calibration,
     )
     _emit(args, summary,
           [f"converted {summary['tensors']} tensors ({_human(summary['nbytes'])}) "
-           f"{args.src} -> {args.dst}"])
+           f"{args.src} -> {args.dst}"
+           + (f"; {summary['quantized']} quantized {args.quantize} "
+              f"({summary['calibrated']} with GPTQ)" if args.quantize else "")])
     return 0
 
 
@@ -228,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-bytes", default="64MiB")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None,
                    help="store linear weights group-wise quantized (default policy, group 64)")
+    p.add_argument("--calibration", default=None, metavar="STORE",
+                   help="with --quantize: GPTQ with this calibration (bigstore.calibrate(...)"
+                   ".save(STORE))")
     p.set_defaults(func=cmd_convert)
     p = add("verify", "re-check every chunk's checksum; exit 1 when any is damaged")
     p.add_argument("url")

@@ -27,6 +27,7 @@ from ..format.dtypes import SAFETENSORS_DTYPES, dtype_spec
 from ..progress import progress_bar
 from ..store import is_local_url, local_path
 from ._arrays import from_storage_array, to_storage_array
+from .calibrate import Calibration
 from .reader import TensorStore
 from .writer import save
 
@@ -234,6 +235,7 @@ def convert(
     progress: bool = False,
     quantize: QuantizeConfig | str | None = WriteConfig.quantize,
     overwrite: bool = False,
+    calibration: Calibration | None = None,
 ) -> dict[str, Any]:
     """Convert any checkpoint bigstore reads to the format ``dst``'s suffix names: a bigstore
     store (any other path or URL), ``.safetensors``, ``.pt``/``.pth``/``.bin`` (a ``torch.save``
@@ -249,8 +251,9 @@ def convert(
 
     To a store: ``codec="lossless"`` compresses bit-exactly; ``quantize`` ("int8", "int4" or a
     :class:`~bigstore.config.QuantizeConfig`) stores the tensors its policy selects group-wise
-    quantized (the summary then counts them and their stored bytes). A Hugging Face
-    directory's config and tokenizer files are kept with the store.
+    quantized (the summary then counts them and their stored bytes), with GPTQ for those a
+    ``calibration`` covers. A Hugging Face directory's config and tokenizer files are kept with
+    the store.
     """
     s, d = os.fspath(src), os.fspath(dst)
     kind = _destination_kind(d)
@@ -277,12 +280,13 @@ def convert(
     metas = save(
         iter_source(s, storage_options), d, codec=codec, chunk_bytes=parse_bytes(chunk_bytes),
         storage_options=storage_options, progress=progress, files=_companions(s),
-        quantize=quantize, overwrite=overwrite,
+        quantize=quantize, overwrite=overwrite, calibration=calibration,
     )
-    return _summary(s, d, metas)
+    return _summary(s, d, metas, calibration)
 
 
-def _summary(s: str, d: str, metas: Mapping[str, ArrayLayout]) -> dict[str, Any]:
+def _summary(s: str, d: str, metas: Mapping[str, ArrayLayout],
+             calibration: Calibration | None = None) -> dict[str, Any]:
     nbytes = sum(m.nbytes for m in metas.values())
     quantized = [m for m in metas.values() if isinstance(m, QuantizedLayout)]
     stored = sum(m.stored_nbytes if isinstance(m, QuantizedLayout) else m.nbytes
@@ -291,7 +295,8 @@ def _summary(s: str, d: str, metas: Mapping[str, ArrayLayout]) -> dict[str, Any]
             "chunks": sum(m.n_chunks for m in metas.values()),
             "largest": max((m.nbytes for m in metas.values()), default=0),
             "mean_chunk": math.ceil(nbytes / max(1, sum(m.n_chunks for m in metas.values()))),
-            "quantized": len(quantized), "stored_nbytes": stored}
+            "quantized": len(quantized), "stored_nbytes": stored,
+            "calibrated": sum(1 for m in quantized if calibration and m.name in calibration)}
 
 
 def quantize(
@@ -309,6 +314,7 @@ def quantize(
     storage_options: Mapping[str, Any] | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    calibration: Calibration | None = None,
 ) -> dict[str, Any]:
     """Write ``src`` (a store, any checkpoint :func:`convert` reads, or a state dict) to the
     store ``dst`` with group-wise ``scheme`` ("int8" or "int4") weights, ``group_size`` values
@@ -317,18 +323,21 @@ def quantize(
     Which tensors: :class:`~bigstore.config.QuantizeConfig`'s policy (linear and attention
     weight matrices; embeddings, norms, biases and heads kept as they are), overridden by
     ``include``/``exclude`` name patterns (globs, or regexes after ``"re:"``; exclude wins).
-    Reading the store gives the dequantized tensors in their original dtype. Returns
-    :func:`convert`'s summary."""
+    ``calibration`` (:func:`~bigstore.weights.calibrate.calibrate` on the same model, a few
+    batches of real inputs) quantizes the weights it covers with GPTQ, which minimises each
+    layer's output error on those inputs instead of each weight's: better int4 quality, the
+    same format. Reading the store gives the dequantized tensors in their original dtype.
+    Returns :func:`convert`'s summary ("calibrated": how many tensors used GPTQ)."""
     config = QuantizeConfig(scheme=scheme, group_size=group_size, scale_dtype=scale_dtype,
                             min_dim=min_dim, include=tuple(include), exclude=tuple(exclude))
     if isinstance(src, Mapping):
         metas = save(src, dst, codec=codec, chunk_bytes=chunk_bytes,
                      storage_options=storage_options, progress=progress, quantize=config,
-                     overwrite=overwrite)
-        return _summary("<state dict>", os.fspath(dst), metas)
+                     overwrite=overwrite, calibration=calibration)
+        return _summary("<state dict>", os.fspath(dst), metas, calibration)
     return convert(src, dst, codec=codec, chunk_bytes=chunk_bytes,
                    storage_options=storage_options, progress=progress, quantize=config,
-                   overwrite=overwrite)
+                   overwrite=overwrite, calibration=calibration)
 
 
 def _companions(src: str) -> dict[str, bytes]:

@@ -175,12 +175,10 @@ def _as_float32(name: str, x: Any, dtype: str | None) -> tuple[np.ndarray[Any, A
     return np.array(a, np.float32, order="C", copy=None), logical  # keeps 0-d arrays 0-d
 
 
-def quantize_tensor(name: str, x: Any, *, scheme: str = QuantizeConfig.scheme,
-                    group_size: int = QuantizeConfig.group_size,
-                    scale_dtype: str = QuantizeConfig.scale_dtype,
-                    dtype: str | None = None) -> QuantizedTensor:
-    """One float tensor (numpy, torch, or bfloat16 as uint16 bits with ``dtype="bfloat16"``)
-    -> its stored parts. Deterministic; the numba kernels (or their numpy twins) do the work."""
+def prepare(name: str, x: Any, *, scheme: str, group_size: int, scale_dtype: str,
+            dtype: str | None = None) -> tuple[np.ndarray[Any, Any], QuantSpec]:
+    """The tensor as float32 ``(rows, cols)`` and its parts' description; refuses what cannot
+    be quantized (non-float, scalar or empty, non-finite values). Shared with ``gptq``."""
     x32, logical = _as_float32(name, x, dtype)
     if x32.ndim == 0 or x32.size == 0:
         raise ShapeError(f"{name}: cannot quantize a scalar or empty tensor {x32.shape}")
@@ -189,7 +187,32 @@ def quantize_tensor(name: str, x: Any, *, scheme: str = QuantizeConfig.scheme,
     if not np.isfinite(x32).all():
         bad = int(np.count_nonzero(~np.isfinite(x32)))
         raise QuantizeError(f"{name}: {bad} non-finite values (NaN/Inf) cannot be quantized")
-    x2 = x32.reshape(spec.rows, spec.cols)
+    return x32.reshape(spec.rows, spec.cols), spec
+
+
+def finish(name: str, spec: QuantSpec, packed: np.ndarray[Any, Any],
+           scales: np.ndarray[Any, Any], zeros: np.ndarray[Any, Any] | None) -> QuantizedTensor:
+    """Parts -> a :class:`QuantizedTensor`; ``scales`` are uint16 bits, refused when a group's
+    scale overflowed the scale dtype (it would dequantize to inf)."""
+    kind = _SCALE_KIND[spec.scale_dtype]
+    exp_bits = (scales >> 10) & 0x1F if kind == 0 else (scales >> 7) & 0xFF
+    if np.any(exp_bits == (0x1F if kind == 0 else 0xFF)):
+        raise QuantizeError(
+            f"{name}: a group's scale overflows {spec.scale_dtype}; use scale_dtype='bfloat16'"
+        )
+    return QuantizedTensor(packed, scales.view(np.float16) if kind == 0 else scales, zeros, spec)
+
+
+def quantize_tensor(name: str, x: Any, *, scheme: str = QuantizeConfig.scheme,
+                    group_size: int = QuantizeConfig.group_size,
+                    scale_dtype: str = QuantizeConfig.scale_dtype,
+                    dtype: str | None = None) -> QuantizedTensor:
+    """One float tensor (numpy, torch, or bfloat16 as uint16 bits with ``dtype="bfloat16"``)
+    -> its stored parts, each value rounded to its group's nearest level. Deterministic; the
+    numba kernels (or their numpy twins) do the work. :func:`bigstore.weights.gptq.gptq_tensor`
+    fills the same parts from calibration data instead."""
+    x2, spec = prepare(name, x, scheme=scheme, group_size=group_size, scale_dtype=scale_dtype,
+                       dtype=dtype)
     kind = _SCALE_KIND[scale_dtype]
     scales = np.empty(spec.scales_shape, np.uint16)
     zeros: np.ndarray[Any, Any] | None = None
@@ -200,12 +223,7 @@ def quantize_tensor(name: str, x: Any, *, scheme: str = QuantizeConfig.scheme,
         packed = np.empty(spec.packed_shape, np.uint8)
         zeros = np.empty(spec.scales_shape, np.uint8)
         quant.quantize_int4(x2, group_size, kind, packed, scales, zeros)
-    exp_bits = (scales >> 10) & 0x1F if kind == 0 else (scales >> 7) & 0xFF
-    if np.any(exp_bits == (0x1F if kind == 0 else 0xFF)):
-        raise QuantizeError(
-            f"{name}: a group's scale overflows {scale_dtype}; use scale_dtype='bfloat16'"
-        )
-    return QuantizedTensor(packed, scales.view(np.float16) if kind == 0 else scales, zeros, spec)
+    return finish(name, spec, packed, scales, zeros)
 
 
 def dequantize_tensor(name: str, q: QuantizedTensor, *, dtype: str | None = None,

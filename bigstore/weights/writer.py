@@ -2,6 +2,7 @@
 
 With ``WriteConfig.quantize`` the tensors its policy selects are stored group-wise quantized
 (a Zarr group of parts per tensor, see ``bigstore/format/quantized.py``); the rest as they are.
+Those a :class:`~bigstore.weights.calibrate.Calibration` covers are quantized with GPTQ.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import QuantizeConfig, WriteConfig, parse_bytes
-from ..errors import BigstoreError, InvalidKeyError
+from ..errors import BigstoreError, InvalidKeyError, QuantizeError
 from ..format import (
     QUANTIZED_VERSION,
     ArrayLayout,
@@ -29,6 +30,8 @@ from ..progress import progress_bar
 from ..store import Store, open_store
 from ..store.publish import check_replaceable, discard, make_staging, publish
 from ._arrays import to_storage_array
+from .calibrate import Calibration
+from .gptq import gptq_tensor
 from .quantize import QuantizedTensor, quantize_tensor, should_quantize
 
 __all__ = ["TensorWriter", "save"]
@@ -49,6 +52,7 @@ class TensorWriter:
         storage_options: Mapping[str, Any] | None = None,
         progress: Any = None,
         overwrite: bool = False,
+        calibration: Calibration | None = None,
     ) -> None:
         self.url = os.fspath(url)
         self.overwrite = overwrite
@@ -61,6 +65,10 @@ class TensorWriter:
         self._metas: dict[str, ArrayLayout] = {}
         self._docs: dict[str, dict[str, Any]] = {}
         self._files: list[str] = []
+        if calibration is not None and self.config.quantize is None:
+            raise BigstoreError("a calibration is for quantized writes: set quantize too")
+        self._calibration = calibration
+        self._calibrated: list[str] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
     def begin(self) -> TensorWriter:
@@ -97,6 +105,12 @@ class TensorWriter:
         stage, self._stage = self._stage, None
         target = self._target
         try:
+            cal = self._calibration
+            if cal is not None and len(cal) and not self._calibrated:
+                raise QuantizeError(
+                    "no quantized tensor has a Hessian in the calibration (names such as "
+                    f"{sorted(cal.hessians)[:2]}): was it made on this model?"
+                )
             # quantized tensors are groups: a reader that predates them must refuse the store
             quantized = any(isinstance(m, QuantizedLayout) for m in self._metas.values())
             version = QUANTIZED_VERSION if quantized else 1
@@ -125,6 +139,11 @@ class TensorWriter:
         self._files.append(name)
 
     @property
+    def calibrated(self) -> list[str]:
+        """The tensors written so far with GPTQ (their Hessian was in the calibration)."""
+        return list(self._calibrated)
+
+    @property
     def written(self) -> dict[str, ArrayLayout]:
         """The layouts of the tensors written so far."""
         return dict(self._metas)
@@ -138,6 +157,13 @@ class TensorWriter:
         shape = tuple(int(d) for d in arr.shape)
         q = self.config.quantize
         if q is not None and should_quantize(name, shape, spec.name, q):
+            cal = self._calibration
+            if cal is not None and name in cal:
+                self._calibrated.append(name)
+                return self.write_quantized(name, gptq_tensor(
+                    name, arr, cal.hessians[name], input_axis=cal.input_axis[name],
+                    scheme=q.scheme, group_size=q.group_size, scale_dtype=q.scale_dtype,
+                    damp=cal.damp, dtype=spec.name))
             return self.write_quantized(name, quantize_tensor(
                 name, arr, scheme=q.scheme, group_size=q.group_size, scale_dtype=q.scale_dtype,
                 dtype=spec.name))
@@ -213,6 +239,7 @@ def save(
     durable: bool = WriteConfig.durable,
     files: Mapping[str, bytes] | None = None,
     quantize: QuantizeConfig | str | None = WriteConfig.quantize,
+    calibration: Calibration | None = None,
 ) -> dict[str, ArrayLayout]:
     """Write ``tensors`` (a mapping or an iterable of ``(name, tensor)`` pairs) to ``url``.
 
@@ -222,8 +249,9 @@ def save(
     with tensors needs ``overwrite=True``. ``durable``: fsync before the commit (see
     :class:`~bigstore.config.WriteConfig`). ``codec="lossless"`` compresses bit-exactly;
     ``quantize`` ("int8", "int4" or a :class:`~bigstore.config.QuantizeConfig`) stores the
-    tensors its policy selects group-wise quantized. ``files``: companion files kept at the
-    store's root (see :meth:`TensorWriter.put_file`).
+    tensors its policy selects group-wise quantized, with GPTQ for those ``calibration``
+    (:func:`~bigstore.weights.calibrate.calibrate`) covers. ``files``: companion files kept at
+    the store's root (see :meth:`TensorWriter.put_file`).
     """
     if isinstance(quantize, str):
         quantize = QuantizeConfig(scheme=quantize)
@@ -234,7 +262,7 @@ def save(
     bar = progress_bar(progress, f"save {os.fspath(url)}")
     try:
         with TensorWriter(url, config=config, storage_options=storage_options, progress=bar,
-                          overwrite=overwrite) as w:
+                          overwrite=overwrite, calibration=calibration) as w:
             for name, value in items:
                 w.write(name, value)
             for fname, data in (files or {}).items():
