@@ -5,7 +5,7 @@
 huge-page and pinned memory), ``executor`` (the shared, fork-safe pool).
 """
 
-from .buffers import BufferPool, host_array, host_buffer, pinned_buffer
+from .buffers import BufferPool, HostBufferPool, host_array, host_buffer, pinned_buffer
 from .device import (
     CpuFiller,
     CudaFiller,
@@ -23,8 +23,8 @@ from .reader import ChunkReader, RowRequest, byte_view
 
 __all__ = [
     "BufferPool", "ChunkReader", "CpuFiller", "CudaFiller", "Executor", "FillRequest", "Filled",
-    "Filler", "HostCopy",
-    "MappedArray", "MappedRegion", "Producer", "RowRequest", "State", "StoppedError", "Worker",
+    "Filler", "HostBufferPool", "HostCopy", "MappedArray", "MappedRegion", "Producer",
+    "RowRequest", "State", "StoppedError", "Worker",
     "byte_view", "get_executor", "host_array", "host_buffer", "make_filler", "map_objects",
     "mappable", "pinned_buffer", "plan_pieces", "readahead", "verify_many",
 ]

@@ -8,12 +8,16 @@
 * :func:`pinned_buffer`: page-locked memory (CUDA's host allocator), the only memory a
   host->device copy runs asynchronously from.
 * :class:`BufferPool`: reuses sets of arrays once nothing references them any more.
+* :class:`HostBufferPool`: reuses :func:`host_buffer` tensors once nothing references them
+  (the CPU offload's read or decoded units: a fresh buffer costs its first-touch page faults on
+  every fill).
 """
 
 from __future__ import annotations
 
 import mmap
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +27,7 @@ import torch
 
 from .. import posix
 
-__all__ = ["BufferPool", "HUGE", "host_buffer", "pinned_buffer"]
+__all__ = ["BufferPool", "HUGE", "HostBufferPool", "host_buffer", "pinned_buffer"]
 
 HUGE = 2 << 20
 
@@ -83,3 +87,60 @@ class BufferPool:
         if self.reuse:
             self.sets.append(bufs)  # bounded: the oldest set leaves (its owner keeps it)
         return bufs
+
+
+_use_count = getattr(torch._C, "_storage_Use_Count", None)  # private: without it, no reuse
+
+
+class HostBufferPool:
+    """:func:`host_buffer` tensors handed out again once nothing uses them.
+
+    A buffer is reused only when both counts show that the pool alone holds it: Python
+    references to the tensor (a numpy array or memoryview of it holds one) and tensors sharing
+    its storage (every view, such as a parameter pointed into it, holds one). So memory a
+    caller still sees is never overwritten. On a miss, idle buffers of other sizes are let go:
+    what the pool keeps beyond the buffers in use stays near one unit's worth, not a second
+    budget.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: list[torch.Tensor] = []
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+        self.enabled = _use_count is not None
+        if self.enabled:  # the counts of a buffer only the pool holds, read the same way
+            self._bufs.append(torch.empty(1, dtype=torch.uint8))
+            self._idle_counts = self._counts(0)
+            self._bufs.clear()
+
+    def _counts(self, i: int) -> tuple[int, int]:
+        t = self._bufs[i]
+        assert _use_count is not None
+        return sys.getrefcount(t), _use_count(t.untyped_storage()._cdata)
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """A uint8 tensor of ``nbytes`` (contents undefined), reused when one is idle."""
+        if not self.enabled or nbytes == 0:
+            return host_buffer(nbytes)
+        with self._lock:
+            idle = [self._counts(i) == self._idle_counts for i in range(len(self._bufs))]
+            for i, free in enumerate(idle):
+                if free and self._bufs[i].numel() == nbytes:
+                    self.hits += 1
+                    return self._bufs[i]
+            self.misses += 1
+            self._bufs = [t for t, free in zip(self._bufs, idle, strict=True) if not free]
+            buf = host_buffer(nbytes)
+            self._bufs.append(buf)
+            return buf
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of every buffer the pool knows (in use or idle)."""
+        with self._lock:
+            return sum(t.numel() for t in self._bufs)
+
+    def clear(self) -> None:
+        """Forget every buffer (those in use stay valid for their holders)."""
+        with self._lock:
+            self._bufs.clear()

@@ -18,7 +18,7 @@ import bigstore
 from bigstore.cli import main as cli
 from bigstore.errors import ChecksumError, MissingTensorError
 from bigstore.format import QuantizedLayout
-from bigstore.io import RowRequest
+from bigstore.io import CpuFiller, RowRequest
 from bigstore.io.dequant import dequantize_into
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
 
@@ -304,6 +304,34 @@ def test_offload_of_a_quantized_store_equals_the_resident_model(
         assert m.stats.peak_resident_bytes <= budget
         if budget_units == 1:
             assert m.stats.evictions > 0
+
+
+def test_cpu_offload_reuses_decoded_buffers_but_never_under_a_holder(
+        qnet: tuple[str, Net]) -> None:
+    # the decoded units' buffers come back on later fills, except one a caller still holds
+    url, resident = qnet
+    with skeleton():
+        sk = Net().bfloat16().eval()
+    with offload(sk, url, device="cpu", budget="1GiB") as probe:
+        sizes = sorted((st.nbytes for st in probe.pager.units), reverse=True)
+        budget = probe.pager.fixed_bytes + 2 * sizes[0]
+    held: list[torch.Tensor] = []
+    sk.blocks[0].register_forward_pre_hook(
+        lambda mod, _a: held.append(mod.fc1.weight.data) if not held else None)
+    x = torch.randint(0, V, (2, 4), generator=torch.Generator().manual_seed(2))
+    with offload(sk, url, device="cpu", budget=budget, prefetch=1, host_budget=0) as m, \
+            torch.no_grad():
+        for _ in range(4):
+            assert torch.equal(m(x), resident(x))
+        filler = m.pager.filler
+        assert isinstance(filler, CpuFiller)
+        pool = filler.buffers
+        if pool.enabled:
+            assert pool.hits > 0
+        assert m.stats.evictions > 0
+    block = resident.blocks[0]
+    assert isinstance(block, Block)
+    assert torch.equal(held[0], block.fc1.weight)  # never overwritten
 
 
 @pytest.mark.gpu
