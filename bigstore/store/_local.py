@@ -73,8 +73,9 @@ class LocalStore(Store):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def _fd(self, key: str) -> int:
-        return self._fds.get().open(key, self)
+    def _fd(self, key: str) -> AbstractContextManager[int]:
+        """A descriptor of ``key``, leased for the ``with`` block (see :class:`_FdCache`)."""
+        return self._fds.get().lease(key, self)
 
     def _forget(self, key: str) -> None:
         cache = self._fds.peek()
@@ -122,10 +123,10 @@ class LocalStore(Store):
         return out
 
     def read_into(self, key: str, offset: int, outs: Sequence[memoryview]) -> None:
-        fd = self._fd(key)
         views = [memoryview(o).cast("B") for o in outs]
         want = sum(v.nbytes for v in views)
-        end = _vectored(lambda vs, pos: os.preadv(fd, vs, pos), views, offset)
+        with self._fd(key) as fd:
+            end = _vectored(lambda vs, pos: os.preadv(fd, vs, pos), views, offset)
         if end < offset + want:
             raise TruncatedChunkError(
                 f"{self.url}/{key}: file ends at byte {end}, expected {offset + want}"
@@ -134,10 +135,13 @@ class LocalStore(Store):
     def read_tail(self, key: str, n: int) -> tuple[int, Buffer]:
         # the descriptor's own size: the file later reads of this key get, even when the name
         # was meanwhile given to a new file (an append rewrote a shard)
-        fd = self._fd(key)
-        size = os.fstat(fd).st_size
-        buf = bytearray(min(n, size))
-        self.read_into(key, size - len(buf), [memoryview(buf)])
+        with self._fd(key) as fd:
+            size = os.fstat(fd).st_size
+            buf = bytearray(min(n, size))
+            end = _vectored(lambda vs, pos: os.preadv(fd, vs, pos), [memoryview(buf)],
+                            size - len(buf))
+        if end < size:
+            raise TruncatedChunkError(f"{self.url}/{key}: file ends at byte {end}, expected {size}")
         return size, buf
 
     def exists(self, key: str) -> bool:
@@ -295,20 +299,48 @@ class LocalStore(Store):
             os.close(fd)
 
 
+class _Fd:
+    __slots__ = ("dead", "fd", "users")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.users = 0
+        self.dead = False  # out of the cache: closed when its last user is done
+
+
 class _FdCache:
-    """Open read descriptors of one process, at most ``limit`` (the oldest is closed first)."""
+    """Open read descriptors of one process, about ``limit`` of them (the oldest leaves first).
+
+    A descriptor is *leased* for each read and closed only when no read uses it: closing it
+    under a read in another thread would let the next ``open`` reuse its number, and that read
+    would return another file's bytes. An evicted or forgotten descriptor still in use leaves
+    the cache at once and is closed by its last reader.
+    """
 
     limit = 256
 
     def __init__(self) -> None:
-        self.fds: dict[str, int] = {}
+        self.fds: dict[str, _Fd] = {}
         self.lock = threading.Lock()
+        self.open_count = 0  # descriptors open now, in the cache or leaving it
 
-    def open(self, key: str, store: LocalStore) -> int:
+    @contextlib.contextmanager
+    def lease(self, key: str, store: LocalStore) -> Iterator[int]:
+        entry = self._acquire(key, store)
+        try:
+            yield entry.fd
+        finally:
+            with self.lock:
+                entry.users -= 1
+                if entry.dead and entry.users == 0:
+                    self._close(entry)
+
+    def _acquire(self, key: str, store: LocalStore) -> _Fd:
         with self.lock:
-            fd = self.fds.get(key)
-            if fd is not None:
-                return fd
+            entry = self.fds.get(key)
+            if entry is not None:
+                entry.users += 1
+                return entry
             try:
                 fd = os.open(store._path(key), os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             except FileNotFoundError:
@@ -319,26 +351,39 @@ class _FdCache:
                 raise StoreNotFoundError(
                     f"{store.url}/{key}: a parent is not a directory"
                 ) from None
+            self.open_count += 1
+            entry = _Fd(fd)
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # O_RDONLY opens directories too
-                os.close(fd)
+                self._close(entry)
                 raise StoreNotFoundError(f"{store.url}/{key} is not a file")
             if hasattr(os, "posix_fadvise") and store.access != "normal":
                 os.posix_fadvise(fd, 0, 0, _ADVICE[store.access])
             if len(self.fds) >= self.limit:
-                os.close(self.fds.pop(next(iter(self.fds))))
-            self.fds[key] = fd
-            return fd
+                self._retire(self.fds.pop(next(iter(self.fds))))
+            entry.users = 1
+            self.fds[key] = entry
+            return entry
+
+    def _retire(self, entry: _Fd) -> None:
+        if entry.users:
+            entry.dead = True
+        else:
+            self._close(entry)
+
+    def _close(self, entry: _Fd) -> None:
+        os.close(entry.fd)
+        self.open_count -= 1
 
     def forget(self, key: str) -> None:
         with self.lock:
-            fd = self.fds.pop(key, None)
-            if fd is not None:
-                os.close(fd)
+            entry = self.fds.pop(key, None)
+            if entry is not None:
+                self._retire(entry)
 
     def close_all(self) -> None:
         with self.lock:
-            for fd in self.fds.values():
-                os.close(fd)
+            for entry in self.fds.values():
+                self._retire(entry)
             self.fds = {}
 
 
