@@ -83,7 +83,7 @@ def sequences(tok: Any, texts: list[str]) -> torch.Tensor:
     eos = tok.token_to_id("<eos>")
     ids: list[int] = []
     for enc in tok.encode_batch(texts):
-        ids += enc.ids + [eos]
+        ids += [*enc.ids, eos]
     n = len(ids) // SEQ
     return torch.tensor(ids[: n * SEQ]).view(n, SEQ)
 
