@@ -430,6 +430,22 @@ def _embedding_units(model: nn.Module, units: list[Unit]) -> list[int]:
 _OFFLOADED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
+def _foldable_input(_m: nn.Module, args: Any) -> Any:
+    """A linear layer's input whose leading dimensions cannot be folded into one (a slice such
+    as ``hidden[:, -1:, :]``, as every Hugging Face head receives) is copied into standard
+    strides first. Otherwise torch's ``matmul`` folds it only for weights that require grad;
+    offloaded weights do not, and it takes a ``bmm`` that copies the whole transposed weight
+    each call (a 103 MB copy, 220 ms, per prefill of GPT-2-medium's head here; ~4 ms folded).
+    The same ``mm`` then runs as in the resident model."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or x.dim() < 3:
+        return None
+    sizes, strides = x.shape, x.stride()
+    if all(strides[i] == strides[i + 1] * sizes[i + 1] for i in range(x.dim() - 2)):
+        return None
+    return (x.clone(memory_format=torch.contiguous_format), *args[1:])
+
+
 def _install_hooks(
     model: nn.Module, units: list[Unit], pager: Pager, guard: _Guard | None,
     undo: list[Callable[[], None]],
@@ -499,6 +515,9 @@ def _install_hooks(
         pager.pop_frame()
         pager.release(u)
 
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):
+            handles.append(mod.register_forward_pre_hook(_foldable_input))
     for u in units:
         for name in u.hook_modules:
             if name == "":  # the root's own parameters: acquired by the wrapper above

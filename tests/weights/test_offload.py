@@ -305,3 +305,42 @@ def test_choose_victims() -> None:
     assert choose_victims(loaded, dist, need=15, free=0) == [3, 1]
     assert choose_victims(loaded, dist, need=15, free=0, nearer_than=6.0) is None
     assert choose_victims(loaded, dist, need=5, free=5) == []
+
+
+class _SlicedHead(nn.Module):
+    """A head fed a slice (``h[:, -1:, :]``), as Hugging Face causal LMs feed theirs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(512, 64)
+        self.blocks = nn.ModuleList(nn.Linear(64, 64) for _ in range(2))
+        self.head = nn.Linear(64, 512, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(ids)
+        for b in self.blocks:
+            h = torch.relu(b(h))
+        return self.head(h[:, -1:, :])
+
+
+def test_sliced_input_to_an_offloaded_linear_never_copies_its_weight(tmp_path: Path) -> None:
+    # torch folds such an input only for weights that require grad; offloaded ones do not, and
+    # its bmm path copied the whole transposed weight on every call (220 ms for GPT-2's head)
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    resident = _SlicedHead().bfloat16().eval()
+    bigstore.save(unique_state_dict(resident), tmp_path / "m")
+    with skeleton():
+        sk = _SlicedHead().bfloat16().eval()
+    ids = torch.randint(0, 512, (1, 7))
+    with offload(sk, tmp_path / "m", device="cpu", budget="1MiB", prefetch=0) as m, \
+            torch.no_grad():
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            out = m(ids)
+        with torch.no_grad():
+            assert torch.equal(out, resident(ids))
+    shapes = [e.input_shapes for e in prof.key_averages(group_by_input_shape=True)
+              if e.key in ("aten::copy_", "aten::bmm")]
+    assert not any([1, 64, 512] in s for s in shapes), shapes
+    assert all(not m._forward_pre_hooks for m in sk.modules())  # the hooks left with close()
