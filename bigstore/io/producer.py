@@ -20,9 +20,12 @@ consumer frees afterwards is still being written. A consumer waiting in another 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import queue
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from enum import IntEnum
@@ -53,6 +56,20 @@ class _Failed:
         self.error = error
 
 
+# Started producers, stopped at interpreter exit: their threads are daemons, and a daemon that
+# wakes during finalization inside torch code (a tensor from numpy being freed takes the GIL in
+# a C++ destructor) is killed by pthread_exit through a noexcept frame: std::terminate, SIGABRT
+# (seen from a script that exited without closing its offloaded model).
+_LIVE: weakref.WeakSet[Producer] = weakref.WeakSet()
+EXIT_WAIT = 10.0  # seconds one producer may take to finish its job at exit
+
+
+@atexit.register
+def _stop_live() -> None:
+    for p in list(_LIVE):
+        p.stop(timeout=EXIT_WAIT)
+
+
 class Producer:
     """Subclasses implement :meth:`_produce`, calling :meth:`_put` for each item."""
 
@@ -74,6 +91,7 @@ class Producer:
                 self.state = State.RUNNING
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
+                _LIVE.add(self)
 
     def next_item(self) -> Any:
         """The next item; StopIteration at the end (and after it); the producer's error."""
@@ -92,15 +110,18 @@ class Producer:
             raise StopIteration
         return item
 
-    def stop(self) -> None:
-        """Stop the producer and wait for its thread to exit (unblocking it if need be)."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the producer and wait for its thread to exit (unblocking it if need be), at
+        most ``timeout`` seconds when given."""
         with self._lock:
             if self.state in (State.IDLE, State.RUNNING):
                 self.state = State.STOPPED
             thread, self._thread = self._thread, None
         self.stopping.set()
+        _LIVE.discard(self)
+        deadline = None if timeout is None else time.monotonic() + timeout
         if thread is not None and thread is not threading.current_thread():
-            while thread.is_alive():
+            while thread.is_alive() and (deadline is None or time.monotonic() < deadline):
                 with contextlib.suppress(queue.Empty):  # room for a producer blocked on put
                     self.queue.get(timeout=0.05)
         with contextlib.suppress(queue.Full):
@@ -165,8 +186,8 @@ class Worker(Producer):
             except BaseException as e:  # the submitter gets it from the future
                 fut.set_exception(e)
 
-    def stop(self) -> None:
-        super().stop()
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(timeout)
         while True:  # jobs never started: cancel them, so no one waits for them forever
             try:
                 job = self.jobs.get_nowait()
