@@ -40,7 +40,7 @@ from torch.overrides import TorchFunctionMode
 from ..config import HOST_FRACTION, OffloadConfig, ReadConfig, available_memory, parse_bytes
 from ..errors import BigstoreError, BudgetError, DTypeError, MissingTensorError, ShapeError
 from ..format.safetensors import open_weights
-from ..io import Filler, make_filler
+from ..io import Filler, get_executor, make_filler, mappable
 from ..plan.schedule import plan_layout
 from ..store import CachedStore, Store
 from ._pager import Pager, PagerStats, PassBytes
@@ -289,6 +289,7 @@ def offload(
     guard: bool = OffloadConfig.guard,
     embedding_rows: bool = OffloadConfig.embedding_rows,
     read_config: ReadConfig | None = None,
+    compute_threads: int | None = OffloadConfig.compute_threads,
 ) -> OffloadedModel:
     """Page ``model``'s weights from the store at ``url`` into ``device`` as its forward needs.
 
@@ -319,7 +320,7 @@ def offload(
         prefetch=prefetch, staging_bytes=parse_bytes(staging_bytes),
         drop_cache=drop_cache, guard=guard, embedding_rows=embedding_rows,
         cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
-        cache_bytes=parse_bytes(cache_bytes),
+        cache_bytes=parse_bytes(cache_bytes), compute_threads=compute_threads,
     )
     store = open_weights(url, storage_options)
     if config.cache_dir is not None and store.is_remote:
@@ -399,8 +400,21 @@ def _offload(
         model.train(was_training)
 
     undo.append(restore_mode)
+    decoding = frozenset(
+        u.index for u in units
+        if dev.type == "cpu" and any(not mappable(ts.store, layouts[w.name]) for w in u.weights)
+    )
+
+    def threads_now() -> int | None:
+        """Torch threads for the pass starting now (None: leave them)."""
+        busy = any(not pager.units[i].loaded and pager.units[i].host is None for i in decoding)
+        if not busy and config.compute_threads is None:
+            return None  # the common case, without a call into torch
+        return pass_threads(config.compute_threads, busy, _cores(), torch.get_num_threads(),
+                            get_executor(ts.reader.config.threads).threads)
+
     handles = _install_hooks(model, units, pager, _Guard(pager, owner) if config.guard else None,
-                             undo)
+                             undo, threads_now)
     mods = list(model.modules())  # the model and everything inside it
     _OFFLOADED.update(mods)
 
@@ -446,9 +460,31 @@ def _foldable_input(_m: nn.Module, args: Any) -> Any:
     return (x.clone(memory_format=torch.contiguous_format), *args[1:])
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def pass_threads(setting: int | None, decoding: bool, cores: int, torch_threads: int,
+                 decode_threads: int) -> int | None:
+    """Torch intra-op threads for one CPU pass (None: leave torch's setting). ``setting`` as in
+    :class:`~bigstore.config.OffloadConfig` ``compute_threads``; ``decoding``: the pass will
+    decode units; ``decode_threads``: the reader pool's threads."""
+    if setting == 0:
+        return None
+    if setting is not None:
+        return setting if setting != torch_threads else None
+    if not decoding:
+        return None
+    n = max(1, cores - min(decode_threads, max(1, cores // 2)))
+    return n if n < torch_threads else None
+
+
 def _install_hooks(
     model: nn.Module, units: list[Unit], pager: Pager, guard: _Guard | None,
-    undo: list[Callable[[], None]],
+    undo: list[Callable[[], None]], threads_now: Callable[[], int | None] = lambda: None,
 ) -> list[Any]:
     """Hooks on every unit's modules, and the root's ``forward`` wrapped to bracket a pass."""
     handles: list[Any] = []
@@ -467,6 +503,10 @@ def _install_hooks(
             depth = 1
             pager.begin_pass()
             pager.push_frame()
+            threads = threads_now()
+            before = torch.get_num_threads() if threads is not None else 0
+            if threads is not None:
+                torch.set_num_threads(threads)
             if guard is not None:
                 guard.__enter__()
             try:
@@ -474,6 +514,8 @@ def _install_hooks(
                     pager.acquire(u)
                 return bound(*args, **kwargs)
             finally:  # whatever ended the pass, KeyboardInterrupt included
+                if threads is not None:
+                    torch.set_num_threads(before)
                 depth = 0
                 for u in root_units:
                     pager.release(u)

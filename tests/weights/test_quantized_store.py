@@ -373,3 +373,36 @@ def test_cuda_offload_of_a_quantized_store_decodes_on_the_device(
         if host != "0":
             kept = sum(st.host.nbytes for st in m.pager.units if st.host is not None)
             assert kept < sum(st.nbytes for st in m.pager.units if st.host is not None)
+
+
+def test_pass_threads_rule() -> None:
+    from bigstore.weights.offload import pass_threads
+
+    # auto: only passes that decode, the cores minus the decoders' share, never more than torch
+    assert pass_threads(None, True, cores=2, torch_threads=2, decode_threads=4) == 1
+    assert pass_threads(None, False, cores=2, torch_threads=2, decode_threads=4) is None
+    assert pass_threads(None, True, cores=16, torch_threads=8, decode_threads=4) is None
+    assert pass_threads(None, True, cores=16, torch_threads=16, decode_threads=4) == 12
+    assert pass_threads(None, True, cores=1, torch_threads=1, decode_threads=4) is None
+    assert pass_threads(0, True, cores=2, torch_threads=2, decode_threads=4) is None
+    assert pass_threads(3, False, cores=2, torch_threads=2, decode_threads=4) == 3
+    with pytest.raises(bigstore.BigstoreError, match="compute_threads"):
+        bigstore.OffloadConfig(compute_threads=-1)
+
+
+def test_compute_threads_hold_during_a_pass_and_are_restored(qnet: tuple[str, Net]) -> None:
+    url, resident = qnet
+    with skeleton():
+        sk = Net().bfloat16().eval()
+    seen: list[int] = []
+    sk.blocks[0].register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    x = torch.randint(0, V, (2, 3), generator=torch.Generator().manual_seed(3))
+    with offload(sk, url, device="cpu", budget="1GiB", compute_threads=want) as m, \
+            torch.no_grad():
+        assert torch.equal(m(x), resident(x))
+        assert seen == [want] and torch.get_num_threads() == before
+        with pytest.raises(IndexError):
+            m(torch.full((1, 2), V + 5))  # a pass that raises restores them too
+        assert torch.get_num_threads() == before
