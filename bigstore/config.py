@@ -161,7 +161,7 @@ class OffloadConfig:
     cache_dir / cache_bytes: for remote stores, keep read chunks in this local directory,
         holding at most ``cache_bytes`` bytes.
     compute_threads: torch's intra-op threads while a pass runs on the CPU that decodes units
-        (compressed, quantized or fetched ones): decoding and the model's compute share the
+        (compressed or quantized ones): decoding and the model's compute share the
         cores, and torch's parallel ops slow down badly when their threads are preempted (a
         cold int4 pass on 2 cores: 0.45 s with torch's 2 threads, 0.37 s with 1). None
         ("auto"): the cores minus those the decoders use (at most half), only for passes that

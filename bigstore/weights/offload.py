@@ -39,8 +39,9 @@ from torch.overrides import TorchFunctionMode
 
 from ..config import HOST_FRACTION, OffloadConfig, ReadConfig, available_memory, parse_bytes
 from ..errors import BigstoreError, BudgetError, DTypeError, MissingTensorError, ShapeError
+from ..format import QuantizedLayout
 from ..format.safetensors import open_weights
-from ..io import Filler, get_executor, make_filler, mappable
+from ..io import Filler, get_executor, make_filler
 from ..plan.schedule import plan_layout
 from ..store import CachedStore, Store
 from ._pager import Pager, PagerStats, PassBytes
@@ -400,9 +401,11 @@ def _offload(
         model.train(was_training)
 
     undo.append(restore_mode)
+    # units whose fills decode (compressed or quantized chunks): CPU work beside the compute
     decoding = frozenset(
         u.index for u in units
-        if dev.type == "cpu" and any(not mappable(ts.store, layouts[w.name]) for w in u.weights)
+        if dev.type == "cpu" and any(isinstance(layouts[w.name], QuantizedLayout)
+                                     or not layouts[w.name].codec.raw for w in u.weights)
     )
 
     def threads_now() -> int | None:

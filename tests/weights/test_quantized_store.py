@@ -406,3 +406,37 @@ def test_compute_threads_hold_during_a_pass_and_are_restored(qnet: tuple[str, Ne
         with pytest.raises(IndexError):
             m(torch.full((1, 2), V + 5))  # a pass that raises restores them too
         assert torch.get_num_threads() == before
+
+
+def test_auto_compute_threads_only_for_passes_that_decode(
+        qnet: tuple[str, Net], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bigstore.weights.offload as off
+
+    url, resident = qnet
+    raw = tmp_path / "raw"
+    bigstore.save(bigstore.load(url), raw)  # the same values, stored plainly (mapped)
+    monkeypatch.setattr(off, "_cores", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    with skeleton():
+        sk = Net().bfloat16().eval()
+    with offload(sk, url, device="cpu", budget="1GiB") as probe:
+        sizes = sorted((st.nbytes for st in probe.pager.units), reverse=True)
+        budget = probe.pager.fixed_bytes + 2 * sizes[0]  # units come and go every pass
+    try:
+        x = torch.randint(0, V, (2, 3), generator=torch.Generator().manual_seed(4))
+        for store, host, want in ((url, "0", [1, 1]), (raw, "0", [2, 2]),
+                                  (url, "1GiB", [1, 2])):  # kept units decode no more
+            with skeleton():
+                sk = Net().bfloat16().eval()
+            seen: list[int] = []
+            sk.blocks[0].register_forward_pre_hook(
+                lambda *_, s=seen: s.append(torch.get_num_threads()))
+            with offload(sk, store, device="cpu", budget=budget, host_budget=host) as m, \
+                    torch.no_grad():
+                for _ in range(2):
+                    assert torch.equal(m(x), resident(x))
+            assert seen == want, (store, host, seen)
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
