@@ -8,7 +8,8 @@ destination tensors (zero copies; ``posix_fadvise(WILLNEED)`` first, so the disk
 chunk of the request in flight) and checked against their crc32c - on every fill when the
 pages are dropped after use (each fill then really reads the disk), else the first time this
 process maps them (the bytes then come from the page cache that was checked). Other stores are
-read through the :class:`~bigstore.io.reader.ChunkReader` into fresh host buffers.
+read through the :class:`~bigstore.io.reader.ChunkReader` into host buffers, reused across
+passes once nothing holds them (:class:`~bigstore.io.buffers.HostBufferPool`).
 
 :class:`CudaFiller`: a ring of pinned host slots. Its worker takes a free slot (first waiting on
 the slot's event, so no slot is overwritten while a host->device copy still reads it), fills it

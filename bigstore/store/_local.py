@@ -123,26 +123,27 @@ class LocalStore(Store):
         return out
 
     def read_into(self, key: str, offset: int, outs: Sequence[memoryview]) -> None:
+        with self._fd(key) as fd:
+            self._read_fd(fd, key, offset, outs)
+
+    def read_tail(self, key: str, n: int) -> tuple[int, Buffer]:
+        # the descriptor's own size and bytes, under one lease: the file later reads of this
+        # key get, even when the name was meanwhile given to a new file (an append rewrote a
+        # shard)
+        with self._fd(key) as fd:
+            size = os.fstat(fd).st_size
+            buf = bytearray(min(n, size))
+            self._read_fd(fd, key, size - len(buf), [memoryview(buf)])
+        return size, buf
+
+    def _read_fd(self, fd: int, key: str, offset: int, outs: Sequence[memoryview]) -> None:
         views = [memoryview(o).cast("B") for o in outs]
         want = sum(v.nbytes for v in views)
-        with self._fd(key) as fd:
-            end = _vectored(lambda vs, pos: os.preadv(fd, vs, pos), views, offset)
+        end = _vectored(lambda vs, pos: os.preadv(fd, vs, pos), views, offset)
         if end < offset + want:
             raise TruncatedChunkError(
                 f"{self.url}/{key}: file ends at byte {end}, expected {offset + want}"
             )
-
-    def read_tail(self, key: str, n: int) -> tuple[int, Buffer]:
-        # the descriptor's own size: the file later reads of this key get, even when the name
-        # was meanwhile given to a new file (an append rewrote a shard)
-        with self._fd(key) as fd:
-            size = os.fstat(fd).st_size
-            buf = bytearray(min(n, size))
-            end = _vectored(lambda vs, pos: os.preadv(fd, vs, pos), [memoryview(buf)],
-                            size - len(buf))
-        if end < size:
-            raise TruncatedChunkError(f"{self.url}/{key}: file ends at byte {end}, expected {size}")
-        return size, buf
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

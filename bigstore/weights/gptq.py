@@ -8,7 +8,7 @@ it minimises the layer's output error ``‖(W - Ŵ) x‖²`` rather than the wei
 On all-MiniLM-L6-v2 that takes int4 group 64 from cosine 0.965 to 0.988 (NOTES.md).
 
 What it writes is exactly RTN's layout, scales and zero points: each group's grid is computed
-by RTN's arithmetic from the group's values at the moment the group starts (after the updates
+by RTN's own kernels from the group's values at the moment the group starts (after the updates
 of the groups before it, as the reference implementation does), so readers, kernels and the
 format do not change. With ``H = I`` nothing is moved and the bits equal RTN's (a test checks).
 
@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bigstore_native import quant
 
 from ..errors import QuantizeError, ShapeError
-from .quantize import QuantizedTensor, finish, prepare
+from .quantize import QuantizedTensor, check_scale_bits, finish, prepare
 
 __all__ = ["DAMP", "gptq_tensor"]
 
@@ -51,24 +52,24 @@ def _inverse_factor(name: str, h: torch.Tensor, damp: float) -> torch.Tensor:
         ) from None
 
 
-def _grid(name: str, blk: torch.Tensor, scheme: str, half: torch.dtype
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One group per row of ``blk`` -> (stored scales, their float32 values, zero points), by
-    the RTN kernels' arithmetic (``bigstore_native._quant_jit``): float32, then RNE into the
-    scale dtype, and the zero point from the *stored* scale."""
+def _grid(name: str, blk: torch.Tensor, scheme: str, scale_dtype: str
+          ) -> tuple[np.ndarray[Any, Any], torch.Tensor, torch.Tensor]:
+    """One group per row of ``blk`` -> (stored scale bits, their float32 values, zero points):
+    RTN's own kernels pick the grid (float32, RNE into the scale dtype, the zero point from
+    the *stored* scale), so a GPTQ group has exactly the grid RTN gives the same values."""
+    x = np.ascontiguousarray(blk.numpy(), dtype=np.float32)
+    n, k = x.shape
+    kind = quant.SCALE_F16 if scale_dtype == "float16" else quant.SCALE_BF16
+    bits = np.empty((n, 1), np.uint16)
+    zeros = np.zeros((n, 1), np.uint8)
     if scheme == "int8":
-        s = blk.abs().amax(1) / 127.0
-        lo = torch.zeros_like(s)
+        quant.quantize_int8(x, k, kind, np.empty((n, k), np.int8), bits)
     else:
-        lo = blk.amin(1).clamp(max=0.0)
-        s = (blk.amax(1).clamp(min=0.0) - lo) / 15.0
-    stored = s.to(half)
-    s32 = stored.float()
-    if torch.isinf(s32).any():
-        raise QuantizeError(f"{name}: a group's scale overflows {half}; use scale_dtype='bfloat16'")
-    safe = torch.where(s32 != 0, s32, 1.0)
-    z = torch.where(s32 != 0, torch.clamp(torch.round(-lo / safe), 0, 15), 0.0)
-    return stored, s32, z
+        quant.quantize_int4(x, k, kind, np.empty((n, (k + 1) // 2), np.uint8), bits, zeros)
+    check_scale_bits(name, bits, scale_dtype)
+    s32 = np.empty(n, np.float32)
+    quant.half_bits_to_f32(bits[:, 0].copy(), kind, s32)
+    return bits[:, 0], torch.from_numpy(s32), torch.from_numpy(zeros[:, 0].astype(np.float32))
 
 
 def _levels(w: torch.Tensor, s32: torch.Tensor, z: torch.Tensor, scheme: str
@@ -108,11 +109,10 @@ def gptq_tensor(name: str, x: Any, hessian: torch.Tensor, *, input_axis: int = -
     if not torch.isfinite(h).all():
         raise QuantizeError(f"{name}: the calibration Hessian has non-finite values")
     hinv = _inverse_factor(name, h, damp)
-    half = torch.float16 if scale_dtype == "float16" else torch.bfloat16
     g = group_size
     rows, ng = spec.scales_shape
-    scales = torch.empty((rows, ng), dtype=half)
-    zeros = torch.zeros((rows, ng))
+    scales = np.empty((rows, ng), np.uint16)  # bits
+    zeros = np.zeros((rows, ng), np.uint8)
     q = torch.empty((n_out, n_in))
     block = g * max(1, _BLOCK // g)  # whole groups per block: a group's grid sees its updates
     s_col = z_col = torch.empty(0)
@@ -125,13 +125,13 @@ def gptq_tensor(name: str, x: Any, hessian: torch.Tensor, *, input_axis: int = -
             c = b0 + i
             if by_cols:
                 if c % g == 0:
-                    stored, s_col, z_col = _grid(name, w1[:, i:i + g], scheme, half)
-                    scales[:, c // g], zeros[:, c // g] = stored, z_col
+                    stored, s_col, z_col = _grid(name, w1[:, i:i + g], scheme, scale_dtype)
+                    scales[:, c // g], zeros[:, c // g] = stored, z_col.numpy()
             else:  # the stored row c: its groups run along the outputs (zero padding: the
                 # range includes 0, so it changes no group's grid)
                 blk = F.pad(w1[:, i], (0, ng * g - n_out)).view(ng, g)
-                stored, s32, z = _grid(name, blk, scheme, half)
-                scales[c], zeros[c] = stored, z
+                stored, s32, z = _grid(name, blk, scheme, scale_dtype)
+                scales[c], zeros[c] = stored, z.numpy()
                 s_col = s32.repeat_interleave(g)[:n_out]
                 z_col = z.repeat_interleave(g)[:n_out]
             v, deq = _levels(w1[:, i], s_col, z_col, scheme)
@@ -141,11 +141,10 @@ def gptq_tensor(name: str, x: Any, hessian: torch.Tensor, *, input_axis: int = -
             err[:, i] = e
         w_t[:, b1:] -= err @ hinv[b0:b1, b1:]
     levels = q if by_cols else q.T
-    bits = scales.view(torch.int16).numpy().view(np.uint16).copy()
     if scheme == "int8":
-        return finish(name, spec, levels.to(torch.int8).numpy(), bits, None)
+        return finish(name, spec, levels.to(torch.int8).numpy(), scales, None)
     u = levels.to(torch.uint8).numpy()
     if u.shape[1] % 2:
         u = np.pad(u, ((0, 0), (0, 1)))  # an odd row ends in a zero nibble
     packed = np.ascontiguousarray(u[:, 0::2] | (u[:, 1::2] << 4))
-    return finish(name, spec, packed, bits, zeros.to(torch.uint8).numpy())
+    return finish(name, spec, packed, scales, zeros)

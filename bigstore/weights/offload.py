@@ -411,8 +411,6 @@ def _offload(
     def threads_now() -> int | None:
         """Torch threads for the pass starting now (None: leave them)."""
         busy = any(not pager.units[i].loaded and pager.units[i].host is None for i in decoding)
-        if not busy and config.compute_threads is None:
-            return None  # the common case, without a call into torch
         return pass_threads(config.compute_threads, busy, _cores(), torch.get_num_threads(),
                             get_executor(ts.reader.config.threads).threads)
 

@@ -194,13 +194,19 @@ def finish(name: str, spec: QuantSpec, packed: np.ndarray[Any, Any],
            scales: np.ndarray[Any, Any], zeros: np.ndarray[Any, Any] | None) -> QuantizedTensor:
     """Parts -> a :class:`QuantizedTensor`; ``scales`` are uint16 bits, refused when a group's
     scale overflowed the scale dtype (it would dequantize to inf)."""
+    check_scale_bits(name, scales, spec.scale_dtype)
     kind = _SCALE_KIND[spec.scale_dtype]
+    return QuantizedTensor(packed, scales.view(np.float16) if kind == 0 else scales, zeros, spec)
+
+
+def check_scale_bits(name: str, scales: np.ndarray[Any, Any], scale_dtype: str) -> None:
+    """Refuse scale bits (uint16) of which one overflowed ``scale_dtype`` (inf)."""
+    kind = _SCALE_KIND[scale_dtype]
     exp_bits = (scales >> 10) & 0x1F if kind == 0 else (scales >> 7) & 0xFF
     if np.any(exp_bits == (0x1F if kind == 0 else 0xFF)):
         raise QuantizeError(
-            f"{name}: a group's scale overflows {spec.scale_dtype}; use scale_dtype='bfloat16'"
+            f"{name}: a group's scale overflows {scale_dtype}; use scale_dtype='bfloat16'"
         )
-    return QuantizedTensor(packed, scales.view(np.float16) if kind == 0 else scales, zeros, spec)
 
 
 def quantize_tensor(name: str, x: Any, *, scheme: str = QuantizeConfig.scheme,

@@ -68,7 +68,7 @@ class TensorWriter:
         if calibration is not None and self.config.quantize is None:
             raise BigstoreError("a calibration is for quantized writes: set quantize too")
         self._calibration = calibration
-        self._calibrated: list[str] = []
+        self._calibrated = False  # some tensor used the calibration (else it names no tensor)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def begin(self) -> TensorWriter:
@@ -139,11 +139,6 @@ class TensorWriter:
         self._files.append(name)
 
     @property
-    def calibrated(self) -> list[str]:
-        """The tensors written so far with GPTQ (their Hessian was in the calibration)."""
-        return list(self._calibrated)
-
-    @property
     def written(self) -> dict[str, ArrayLayout]:
         """The layouts of the tensors written so far."""
         return dict(self._metas)
@@ -159,7 +154,7 @@ class TensorWriter:
         if q is not None and should_quantize(name, shape, spec.name, q):
             cal = self._calibration
             if cal is not None and name in cal:
-                self._calibrated.append(name)
+                self._calibrated = True
                 return self.write_quantized(name, gptq_tensor(
                     name, arr, cal.hessians[name], input_axis=cal.input_axis[name],
                     scheme=q.scheme, group_size=q.group_size, scale_dtype=q.scale_dtype,
