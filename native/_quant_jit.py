@@ -41,6 +41,14 @@ def _f32_bits_to_bf16(b):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
+def _bf16_rne(b):  # type: ignore[no-untyped-def]
+    """float32 bits -> bfloat16 bits, round to nearest even, for a value known not to be a NaN
+    (infinities and overflow come out right): no branch, so loops of it vectorise."""
+    return np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))
+                     >> np.uint32(16))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
 def _f32_bits_to_f16(b):  # type: ignore[no-untyped-def]
     a = b & np.uint32(0x7FFFFFFF)
     if np.uint32(0x38800000) <= a < np.uint32(0x47800000):  # the common case: a normal float16
@@ -257,20 +265,50 @@ def dequantize_int4(packed, scales, zeros, scale_kind, group, out_kind,  # type:
     ng = scales.shape[1]
     sf = np.empty(ng, np.float32)
     row = np.empty(cols + 1, np.float32)  # + the padding nibble of an odd row
+    hb = group >> 1
+    # a group's low and high nibbles' values (sized exactly ``hb``: a ``max(hb, 1)`` here
+    # stops LLVM vectorising the loops below, 3.8x slower)
+    lo = np.empty(hb, np.float32)
+    hi = np.empty(hb, np.float32)
+    # bfloat16 out, whole bytes per group, an even row and no NaN possible: each group's values
+    # go straight to ``out`` from two short loops that vectorise (2.5x, NOTES); other rows go
+    # through ``row`` and the general conversion
+    direct = group % 2 == 0 and cols % 2 == 0 and out_kind == OUT_BF16
     for i in range(rows):
         half_bits_to_f32(scales[i], scale_kind, sf)
+        finite = True
+        for g in range(ng):
+            finite &= (sf[g] - sf[g]) == np.float32(0.0)  # false for inf and NaN
+        pi = packed[i]
+        if direct and finite:
+            oi = out[i]
+            for g in range(ng):
+                s = sf[g]
+                zf = np.float32(zeros[i, g])  # (q - z) * s is exact: small integers
+                base = g * hb
+                n = min(cols >> 1, base + hb) - base
+                for k in range(n):
+                    byte = pi[base + k]
+                    lo[k] = (np.float32(byte & np.uint8(0xF)) - zf) * s
+                    hi[k] = (np.float32(byte >> np.uint8(4)) - zf) * s
+                lob = lo.view(np.uint32)
+                hib = hi.view(np.uint32)
+                for k in range(n):
+                    oi[2 * (base + k)] = _bf16_rne(lob[k])
+                    oi[2 * (base + k) + 1] = _bf16_rne(hib[k])
+            continue
         for g in range(ng):
             s = sf[g]
             if group % 2 == 0:  # whole bytes per group: both nibbles at once (1.9x faster)
-                zf = np.float32(zeros[i, g])  # (q - z) exact either way: small integers
-                for k in range(g * (group >> 1), min((cols + 1) >> 1, (g + 1) * (group >> 1))):
-                    byte = packed[i, k]
+                zf = np.float32(zeros[i, g])
+                for k in range(g * hb, min((cols + 1) >> 1, (g + 1) * hb)):
+                    byte = pi[k]
                     row[2 * k] = (np.float32(byte & np.uint8(0xF)) - zf) * s
                     row[2 * k + 1] = (np.float32(byte >> np.uint8(4)) - zf) * s
             else:  # a byte may straddle two groups
                 z = np.int32(zeros[i, g])
                 for j in range(g * group, min(cols, (g + 1) * group)):
-                    nib = np.int32((packed[i, j >> 1] >> np.uint8(4 * (j & 1))) & np.uint8(0xF))
+                    nib = np.int32((pi[j >> 1] >> np.uint8(4 * (j & 1))) & np.uint8(0xF))
                     row[j] = np.float32(nib - z) * s
         _put_row(row[:cols], i, out_kind, out)
     return out

@@ -105,6 +105,38 @@ def test_kernels_match_numpy_twins(rows: int, cols: int, group: int, kind: int, 
         assert d1.tobytes() == d2.tobytes()
 
 
+@pytest.mark.parametrize("kind", [0, 1])
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+@pytest.mark.parametrize("cols,group", [(256, 64), (200, 64), (130, 64), (37, 8), (48, 3)])
+def test_kernels_match_twins_on_arbitrary_stored_bits(kind: int, scheme: str, cols: int,
+                                                      group: int) -> None:
+    """Any stored parts, not only what the quantizer writes: scales of every class (NaN, inf,
+    huge: products overflow; subnormal) in some rows and only finite ones in others, so both
+    the vectorised rows and the general ones are compared with the twins, bit for bit."""
+    rng = np.random.default_rng(cols * 7 + group + kind)
+    rows, ng = 12, -(-cols // group)
+    if kind == 1:
+        bits = _patterns(rows * ng, cols).view(np.uint32) >> np.uint32(16)
+    else:
+        bits = np.array([quant.f32_to_half_bits(np.array([v], np.float32), 0,
+                                                np.empty(1, np.uint16))[0]
+                         for v in _patterns(rows * ng, cols)], np.uint64)
+    scales = bits[: rows * ng].astype(np.uint16).reshape(rows, ng)
+    finite_rows = rng.random(rows) < 0.5  # these rows get finite scales only
+    finite = rng.integers(0x3000, 0x4800, (rows, ng)).astype(np.uint16)
+    scales[finite_rows] = finite[finite_rows]
+    if scheme == "int8":
+        parts: tuple[Arr, ...] = (rng.integers(-128, 128, (rows, cols), dtype=np.int8), scales)
+    else:
+        parts = (rng.integers(0, 256, (rows, -(-cols // 2)), dtype=np.uint8), scales,
+                 rng.integers(0, 16, (rows, ng), dtype=np.uint8))
+    for out_kind in (0, 1, 2):
+        d1 = _dequantize(J, parts, (rows, cols), group, kind, out_kind)
+        d2 = _dequantize(N, parts, (rows, cols), group, kind, out_kind)
+        assert d1.tobytes() == d2.tobytes(), (out_kind, np.flatnonzero(
+            d1.view(np.uint8) != d2.view(np.uint8))[:5])
+
+
 def _bound_holds(x: Arr, deq: Arr, scales_bits: Arr, group: int, kind: int, scheme: str) -> None:
     """|x - deq| <= s/2 + levels * |s - s_exact| in every group, s the stored scale."""
     cols = x.shape[1]
