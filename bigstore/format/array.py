@@ -142,6 +142,12 @@ class ArrayLayout:
         return self.dtype.itemsize * self.numel
 
     @property
+    def stored_nbytes(self) -> int:
+        """Bytes a read of the whole array moves from storage, as far as the metadata tells
+        (compressed chunks: their sizes are not in it, so ``nbytes``)."""
+        return self.nbytes
+
+    @property
     def n_chunks(self) -> int:
         if self.sharded:  # dataset columns: every row has its (possibly empty) place
             return -(-self.rows // self.chunk_rows) if self.shape and self.rows else 0

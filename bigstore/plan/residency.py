@@ -41,10 +41,12 @@ def plan_tiers(
     device_budget: int,
     host_budget: int,
     prefetch: int,
+    costs: Mapping[int, int] | None = None,
 ) -> Tiers:
     """Place every unit of ``sizes``: ``device`` within ``device_budget`` (leaving room for the
-    streamed units to pass through), ``host`` within ``host_budget``, the rest in storage."""
-    device = plan_resident(schedule, sizes, device_budget, prefetch)
+    streamed units to pass through), ``host`` within ``host_budget``, the rest in storage.
+    ``costs``: bytes a load of each unit reads from storage (default: its size)."""
+    device = plan_resident(schedule, sizes, device_budget, prefetch, costs)
     rest = [u for u in sizes if u not in device and schedule.uses(u) > 0]
     # most uses per pass first (each use saves a read of the unit); larger first among equals
     rest.sort(key=lambda u: (-schedule.uses(u), -sizes[u], u))

@@ -81,30 +81,50 @@ class Schedule:
 
 
 def plan_resident(
-    schedule: Schedule, sizes: Mapping[int, int], budget: int, prefetch: int
+    schedule: Schedule, sizes: Mapping[int, int], budget: int, prefetch: int,
+    costs: Mapping[int, int] | None = None,
 ) -> frozenset[int]:
-    """Units to keep resident for good, the most re-used first, while the budget allows.
+    """Units to keep resident for good: those whose keeping saves the most reading per pass.
 
-    Streamed units need a reserve: the ``prefetch + 1`` largest of them in flight at once (at
-    least the largest one). A unit is kept only if the rest can still stream through what is
-    left. With a budget at least the model's size, everything is kept.
+    ``costs``: bytes a load of each unit reads from storage (default: its size; a quantized
+    unit reads ~1/4 of what it takes once decoded). Streamed units need a reserve: the
+    ``depth + 1`` largest of them in flight at once. ``depth`` is ``prefetch`` unless a
+    shallower window lets units be kept that save more reading (a large unit such as a tied
+    embedding and head, whose keeping would otherwise be refused for the last few bytes of a
+    deep window): the pager's storage hints still start reads past the window. With a budget
+    at least the model's size, everything is kept.
     """
     units = sorted(sizes)
     if sum(sizes.values()) <= budget:
         return frozenset(units)
+    cost = costs if costs is not None else sizes
+    best: tuple[int, frozenset[int]] | None = None
+    for depth in range(prefetch, min(prefetch, 1) - 1, -1):
+        kept = _keep(schedule, sizes, cost, budget, depth)
+        saved = sum(schedule.uses(u) * cost[u] for u in kept)
+        if best is None or saved > best[0]:  # a shallower window only for strictly more
+            best = (saved, kept)
+    assert best is not None
+    return best[1]
+
+
+def _keep(schedule: Schedule, sizes: Mapping[int, int], cost: Mapping[int, int], budget: int,
+          depth: int) -> frozenset[int]:
+    """Greedy: most reading saved per byte kept first (each use of a streamed unit reads its
+    cost again); a unit is kept only if the rest can still stream through what is left."""
 
     def reserve(streamed: list[int]) -> int:
         top = sorted((sizes[u] for u in streamed), reverse=True)
-        return sum(top[: prefetch + 1]) if top else 0
+        return sum(top[: depth + 1]) if top else 0
 
-    # most uses per pass first; among equals the larger saves more reading per decision
-    order = sorted(units, key=lambda u: (-schedule.uses(u), -sizes[u], u))
+    used = [u for u in sorted(sizes) if schedule.uses(u) > 0]
+    # among equals the larger saves more reading per decision
+    order = sorted(used, key=lambda u: (-schedule.uses(u) * cost[u] / max(1, sizes[u]),
+                                        -sizes[u], u))
     kept: list[int] = []
     kept_bytes = 0
     streamed = list(order)
     for u in order:
-        if schedule.uses(u) == 0:
-            continue
         rest = [v for v in streamed if v != u]
         if kept_bytes + sizes[u] + reserve(rest) <= budget:
             kept.append(u)

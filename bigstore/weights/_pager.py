@@ -113,6 +113,9 @@ class Pager:
             holders = [p.data for p in ps]
             self.units.append(_UnitState(unit, list(ps), holders, offsets, total, reqs))
         self.sizes = {s.unit.index: s.nbytes for s in self.units}
+        # what a load reads from storage: a quantized unit ~1/4 of its decoded size
+        self.costs = {s.unit.index: sum(r.layout.stored_nbytes for r in s.requests)
+                      for s in self.units}
         # until the first pass is recorded, guess registration order (for prefetching only)
         self.schedule = Schedule(tuple(range(len(self.units))), provisional=True)
         self.tiers = Tiers(frozenset(), frozenset())
@@ -170,7 +173,7 @@ class Pager:
             self.tiers = Tiers(frozenset(), frozenset())
         else:
             self.tiers = plan_tiers(self.schedule, self.sizes, self.budget - self.fixed_bytes,
-                                    self.host_budget, self.prefetch)
+                                    self.host_budget, self.prefetch, self.costs)
         for st in self.units:
             if st.host is not None and st.unit.index not in self.tiers.host:
                 self._free_host(st)

@@ -26,7 +26,8 @@ from torch import nn
 from ..errors import BigstoreError
 
 __all__ = [
-    "Unit", "Weight", "discover_units", "default_unit_roots", "skeleton", "unique_state_dict",
+    "VECTOR_SHARE", "Unit", "Weight", "default_unit_roots", "discover_units", "skeleton",
+    "split_vectors", "unique_state_dict",
 ]
 
 UnitSpec = Sequence[str] | Callable[[str, nn.Module], bool] | None
@@ -155,6 +156,31 @@ def discover_units(model: nn.Module, units: UnitSpec = None) -> list[Unit]:
         hooks = tuple(sorted(members[rep], key=lambda k: order.get(k, 0)))
         out.append(Unit(i, "+".join(h or "<root>" for h in hooks), weights, hooks))
     return out
+
+
+#: vectors (biases, norms) stay resident when they take at most 1/VECTOR_SHARE of the budget
+VECTOR_SHARE = 8
+
+
+def split_vectors(units: Sequence[Unit], budget: int) -> tuple[list[Weight], list[Unit]]:
+    """The weights to keep resident for good, and the units left to page (renumbered; a unit
+    left with no weight is gone).
+
+    Vectors (1-D weights: biases, norms) are O(d) bytes against the O(d^2) of a layer's
+    matrices, yet each is an object of its own in the store: paging them costs a read, a
+    checksum and a mapping per vector per use (cold, a disk seek each: a third of a GPT-2 int4
+    pass here, NOTES). So they are read once and kept, when together they take at most
+    1/VECTOR_SHARE of the budget.
+    """
+    vectors = [w for u in units for w in u.weights if len(w.shape) <= 1]
+    if not vectors or sum(w.nbytes for w in vectors) * VECTOR_SHARE > budget:
+        return [], list(units)
+    paged: list[Unit] = []
+    for u in units:
+        weights = tuple(w for w in u.weights if len(w.shape) > 1)
+        if weights:
+            paged.append(Unit(len(paged), u.name, weights, u.hook_modules))
+    return vectors, paged
 
 
 def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -29,7 +29,7 @@ import functools
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -52,6 +52,7 @@ from ._units import (
     discover_units,
     model_buffers,
     skeleton,
+    split_vectors,
     unique_state_dict,
 )
 from .reader import TensorStore
@@ -235,6 +236,23 @@ def _placeholder(w: Weight, device: torch.device) -> torch.Tensor:
     return torch.full((), fill, dtype=w.dtype, device=device).expand(w.shape)
 
 
+def _install_vectors(model: nn.Module, ts: TensorStore, device: torch.device,
+                     vectors: Sequence[Weight], restore: list[tuple[dict[str, Any], str, Any]],
+                     ) -> int:
+    """Read ``vectors`` once and point their parameters (every name of a tied one) at them."""
+    if not vectors:
+        return 0
+    values = ts.load([w.name for w in vectors], device=device, mmap=False)
+    for w in vectors:
+        p = nn.Parameter(values[w.name], requires_grad=False)
+        for name in w.names:
+            mod_name, _, attr = name.rpartition(".")
+            mod = model.get_submodule(mod_name)
+            restore.append((mod._parameters, attr, mod._parameters[attr]))
+            mod._parameters[attr] = p
+    return sum(w.nbytes for w in vectors)
+
+
 def _install_buffers(
     model: nn.Module, ts: TensorStore, device: torch.device,
     restore: list[tuple[dict[str, Any], str, Any]],
@@ -353,12 +371,15 @@ def _offload(
         raise BudgetError(
             f"budget of {config.budget} bytes is smaller than the model's buffers ({fixed} bytes)"
         )
+    vectors, units = split_vectors(units, config.budget - fixed)
+    vector_bytes = _install_vectors(model, ts, dev, vectors, restore)
+    fixed += vector_bytes
     for u in units:
         _, size = plan_layout([w.nbytes for w in u.weights], config.align)
         if size > config.budget - fixed:
             raise BudgetError(
                 f"budget of {config.budget} bytes is too small for unit {u.name!r} "
-                f"({size} bytes{f', plus {fixed} bytes of buffers' if fixed else ''}): "
+                f"({size} bytes{f', plus {fixed} bytes of buffers and vectors' if fixed else ''}): "
                 f"the budget must hold the largest unit"
             )
     # fresh parameters (meta tensors cannot be re-pointed at real memory); the same object
@@ -384,6 +405,7 @@ def _offload(
         drop_cache=config.drop_cache and ts.store.local_file("zarr.json") is not None,
         slots=max(2, config.prefetch + 1), slot_bytes=max(config.staging_bytes, max_row),
     )
+    filler.bytes_read += vector_bytes  # read from storage too, once (no worker runs yet)
     host = config.host_budget
     if host is None:  # "auto": a share of the RAM available now, never more than the units
         host = min(sum(u.nbytes for u in units), int(HOST_FRACTION * available_memory()))

@@ -12,7 +12,7 @@ from torch import nn
 import bigstore
 from bigstore.errors import BudgetError, DTypeError, MissingTensorError, ShapeError
 from bigstore.plan.schedule import Schedule, choose_victims, plan_layout, plan_resident
-from bigstore.weights._units import discover_units
+from bigstore.weights._units import VECTOR_SHARE, discover_units, split_vectors
 from bigstore.weights.offload import OffloadedModel, offload, skeleton, unique_state_dict
 
 D, V, L = 32, 50, 6
@@ -95,6 +95,44 @@ def test_units_custom() -> None:
     assert "blocks.0" in names and "blocks.2.fc1" in names
     with pytest.raises(bigstore.BigstoreError, match="must not nest"):
         discover_units(_skeleton(), ["blocks", "blocks.0"])
+
+
+def test_split_vectors() -> None:
+    units = discover_units(_skeleton())
+    vectors, paged = split_vectors(units, budget=10**9)
+    assert {n for w in vectors for n in w.names} == {
+        n for n, p in _skeleton().named_parameters() if p.dim() == 1}
+    assert all(len(w.shape) == 2 for u in paged for w in u.weights)
+    assert [u.index for u in paged] == list(range(len(paged)))  # renumbered
+    assert [u.name for u in paged] == [u.name for u in units]  # no unit was only vectors
+    only_norm = [u for u in discover_units(_skeleton(), ["blocks.0.norm"]) if u.name ==
+                 "blocks.0.norm"]
+    assert split_vectors(only_norm, budget=10**9)[1] == []  # a unit of vectors alone is gone
+    # vectors taking more than 1/VECTOR_SHARE of the budget stay paged
+    total = sum(w.nbytes for w in vectors)
+    assert split_vectors(units, budget=total * VECTOR_SHARE - 1) == ([], units)
+
+
+def test_vectors_are_read_once_and_stay(saved: tuple[str, Net]) -> None:
+    url, ref = saved
+    sk = _skeleton()
+    vec = {n for n, p in sk.named_parameters() if p.dim() == 1}
+    probe = offload(sk, url, device="cpu", budget="1GiB")
+    sizes, fixed = _unit_sizes(probe), probe.pager.fixed_bytes
+    probe.close()
+    budget = fixed + sum(sorted(sizes, reverse=True)[:2]) + sizes[0] + sizes[-1]
+    with offload(sk, url, device="cpu", budget=budget) as m, torch.no_grad():
+        assert not any(w.name in vec for st in m.pager.units for w in st.unit.weights)
+        first = m.bytes_read
+        for x in _inputs():
+            assert torch.equal(m(x), ref(x))
+            # between passes the paged weights are placeholders; the vectors are the values
+            params = dict(sk.named_parameters())
+            for n in vec:
+                assert torch.equal(params[n], ref.get_parameter(n)), n
+        per_pass = m.bytes_read - first
+        assert per_pass > 0 and m.stats.evictions > 0  # the budget streams the matrices
+        assert m.last_pass.storage <= sum(st.nbytes for st in m.pager.units)
 
 
 @pytest.mark.parametrize("prefetch", [0, 1, 2, 4])
@@ -298,6 +336,20 @@ def test_plan_resident() -> None:
     assert plan_resident(s, sizes, 250, prefetch=1) == frozenset(sizes)
     assert plan_resident(s, sizes, 200, prefetch=1) == frozenset({0})  # re-used first
     assert plan_resident(s, sizes, 150, prefetch=1) == frozenset()
+
+
+def test_plan_resident_keeps_what_saves_the_most_reading() -> None:
+    # a tied embedding and head (unit 0: read twice a pass) and four blocks: a window of 3
+    # blocks leaves no room for it (100 + 75 > 170), so nothing would be kept; one block
+    # ahead keeps it and saves 200 bytes of reading a pass
+    s = Schedule((0, 1, 2, 3, 4, 0))
+    sizes = {0: 100, 1: 25, 2: 25, 3: 25, 4: 25}
+    assert plan_resident(s, sizes, 170, prefetch=2) == frozenset({0})
+    # quantized units read a quarter of their size: the unquantized one saves the most per byte
+    s = Schedule((0, 1, 2, 3))
+    sizes = {0: 25, 1: 25, 2: 25, 3: 25}
+    assert plan_resident(s, sizes, 75, prefetch=1) == frozenset({0})
+    assert plan_resident(s, sizes, 75, prefetch=1, costs={0: 7, 1: 7, 2: 25, 3: 7}) == {2}
 
 
 def test_choose_victims() -> None:
