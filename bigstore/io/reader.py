@@ -353,13 +353,19 @@ class ChunkReader:
         try:
             if op.request is None:
                 (i, _), = op.members
-                blob = self.store.get(op.key)
-                self._decode(layout, reads[i], memoryview(blob).cast("B"), outs)
+                # a whole compressed chunk: read into this thread's scratch and decoded from
+                # there, so no buffer is allocated (and faulted in) per chunk
+                stored = self.store.get_into(op.key, partial(_arena, slot="chunk"))
+                self._decode(layout, reads[i], stored, outs)
             elif layout.codec.raw and self.store.zero_copy_reads:
                 self._scatter(layout, op, reads, outs)
             else:
-                (blob,) = self.store.get_ranges(op.key, [op.request])
-                view = memoryview(blob).cast("B")
+                if self.store.zero_copy_reads:  # into scratch, as a whole chunk above
+                    view = _arena(op.request.length, "chunk")
+                    self.store.read_into(op.key, op.request.start, [view])
+                else:
+                    (blob,) = self.store.get_ranges(op.key, [op.request])
+                    view = memoryview(blob).cast("B")
                 base = op.request.start
                 for i, span in op.members:
                     assert span is not None
@@ -462,11 +468,15 @@ def _scratch(n: int) -> memoryview:
 _local = threading.local()
 
 
-def _arena(n: int) -> memoryview:
-    """``n`` bytes of this thread's scratch, for what a job reads and consumes before it
-    returns (a quantized chunk's parts). Reused: a fresh buffer of a few MB costs a page fault
-    per 4 KiB on every job, and its unmap a TLB shootdown (a fifth of a cold int4 pass, NOTES)."""
-    buf: np.ndarray[Any, Any] | None = getattr(_local, "arena", None)
+def _arena(n: int, slot: str = "parts") -> memoryview:
+    """``n`` bytes of this thread's scratch ``slot``, for what a job reads and consumes before
+    it returns (a quantized chunk's parts; a compressed chunk, in a slot of its own as a part
+    may be one). Reused: a fresh buffer of a few MB costs a page fault per 4 KiB on every job,
+    and its unmap a TLB shootdown (a fifth of a cold int4 pass, NOTES)."""
+    bufs: dict[str, np.ndarray[Any, Any]] | None = getattr(_local, "arenas", None)
+    if bufs is None:
+        bufs = _local.arenas = {}
+    buf = bufs.get(slot)
     if buf is None or buf.nbytes < n:
-        buf = _local.arena = np.empty(n, np.uint8)
+        buf = bufs[slot] = np.empty(n, np.uint8)
     return memoryview(buf)[:n]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -89,6 +89,12 @@ class Store(ABC):
     @abstractmethod
     def get_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[Buffer]:
         """Several byte ranges of one object, fetched concurrently where the backend can."""
+
+    def get_into(self, key: str, alloc: Callable[[int], memoryview]) -> memoryview:
+        """The whole object, read into ``alloc(size)`` (a buffer the caller reuses) where the
+        backend reads into buffers without a copy (local files); the default returns
+        :meth:`get`'s own buffer. Raises like :meth:`get`."""
+        return memoryview(self.get(key)).cast("B")
 
     def get_many(self, keys: Sequence[str]) -> list[Buffer]:
         """Several whole objects; backends with concurrent I/O override this."""

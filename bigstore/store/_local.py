@@ -122,6 +122,13 @@ class LocalStore(Store):
             out.append(buf)
         return out
 
+    def get_into(self, key: str, alloc: Callable[[int], memoryview]) -> memoryview:
+        # the size and the bytes of one descriptor (as read_tail)
+        with self._fd(key) as fd:
+            buf = alloc(os.fstat(fd).st_size)
+            self._read_fd(fd, key, 0, [buf])
+        return buf
+
     def read_into(self, key: str, offset: int, outs: Sequence[memoryview]) -> None:
         with self._fd(key) as fd:
             self._read_fd(fd, key, offset, outs)
