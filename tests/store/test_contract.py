@@ -89,6 +89,24 @@ def test_read_into_scatter(store: Store) -> None:
     assert bytes(a) == data[5:15] and bytes(b) == data[15:45]
 
 
+def test_get_into(store: Store) -> None:
+    data = bytes(range(256)) * 3
+    store.put("c/0", data)
+    asked: list[int] = []
+    arena = bytearray(4096)
+
+    def alloc(n: int) -> memoryview:
+        asked.append(n)
+        return memoryview(arena)[:n]
+
+    got = store.get_into("c/0", alloc)
+    assert bytes(got) == data
+    if isinstance(store, LocalStore):  # read straight into the caller's buffer, sized by it
+        assert asked == [len(data)] and bytes(arena[: len(data)]) == data
+    with pytest.raises(StoreNotFoundError):
+        store.get_into("c/missing", alloc)
+
+
 def test_read_past_end_is_an_error(store: Store) -> None:
     store.put("short", b"abc")
     with pytest.raises(BigstoreError):
