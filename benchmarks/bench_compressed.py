@@ -19,8 +19,10 @@ transformers config, bfloat16. For each store:
   the other floors of a pass: its disk bytes at the disk's O_DIRECT speed (cold), the
   resident model's compute time per generated token, and that compute time measured while the
   pool decodes the store beside it (decode and compute share the cores and the memory bus), and
-  the pager's own floor: the raw store offloaded without a host tier with every file in the
-  page cache (each pass maps every unit, reads and decodes nothing).
+  each store's no-disk floor: the store offloaded without a host tier with every file in the
+  page cache (each pass fills every streamed unit again, the disk costs nothing; for the raw
+  store that is the pager's own cost), and the resident model's compute with the torch
+  threads a decoding pass runs with.
 
 Every offloaded run's generated tokens are checked against the resident model loaded from the
 same store.
@@ -53,6 +55,7 @@ from bigstore.format import QuantizedLayout, lossless
 from bigstore.format.codecs import CRC_BYTES
 from bigstore.io import get_executor
 from bigstore.io.dequant import compute_dtype, dequantize_parts
+from bigstore.weights.offload import pass_threads
 
 STORES = ("raw", "lossless", "int8", "int4")
 MB = 1e6
@@ -255,11 +258,25 @@ def generation_cells(cfg: Any, urls: dict[str, pathlib.Path], budget: int, ids: 
     return best
 
 
+def _compute_with_threads(model: Any, ids: torch.Tensor, gkw: dict[str, Any], threads: int,
+                          repeat: int) -> float:
+    """Best ``generate`` time of the resident model with ``threads`` torch threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            best, _ = _best(lambda: model.generate(ids, **gkw), repeat)
+    finally:
+        torch.set_num_threads(before)
+    return best
+
+
 def pager_floor_seconds(cfg: Any, url: pathlib.Path, budget: int, ids: torch.Tensor,
                         gkw: dict[str, Any], repeat: int) -> float:
-    """Best ``generate`` time of the raw store offloaded with no host tier, every file in the
-    page cache: each pass maps every unit again and reads and decodes nothing. The pager's own
-    cost of a pass on this machine, which no store's pass can go below."""
+    """Best ``generate`` time of the store offloaded with no host tier, every file in the page
+    cache: each pass fills every streamed unit again (maps, or reads from the page cache and
+    decodes) but the disk costs nothing. For the raw store it is the pager's own cost of a
+    pass on this machine; for the others, the floor of a cold pass whatever the disk."""
     import transformers
 
     from bigstore.weights.offload import offload, skeleton
@@ -379,7 +396,14 @@ def main() -> None:
                                      expect, others) for cache in ("cold", "warm")}
     contended = {s: contended_compute_seconds(model, ids, gkw, url, args.repeat)
                  for s, url in urls.items() if s != "raw"}
-    pager_s = pager_floor_seconds(cfg, urls["raw"], budget, ids, gkw, args.repeat)
+    # every store's pass with no disk at all (each file in the page cache, host tier off)
+    no_disk = {s: pager_floor_seconds(cfg, url, budget, ids, gkw, args.repeat)
+               for s, url in urls.items()}
+    pager_s = no_disk["raw"]
+    # the resident model's compute with the torch threads a decoding pass gets (auto)
+    pass_n = pass_threads(None, True, os.cpu_count() or 1, torch.get_num_threads(),
+                          get_executor().threads) or torch.get_num_threads()
+    compute_pass_s = _compute_with_threads(model, ids, gkw, pass_n, args.repeat)
     del model, acc_model
     gc.collect()
     compute_s = min(cells["cold"]["resident"]["s"], cells["warm"]["resident"]["s"])
@@ -404,6 +428,7 @@ def main() -> None:
                 c["decode_s_per_pass"] = dec_s * c["logical_mb_per_pass"] * MB / dec_bytes
             c["io_s_per_pass"] = c["disk_mb_per_pass"] * MB / disk_bw
             c["compute_s_per_pass"] = compute_s / new
+            c["no_disk_s_per_pass"] = no_disk[s] / new
             if s in contended:
                 c["compute_while_decoding_s_per_pass"] = contended[s] / new
             row[cache] = c
@@ -416,14 +441,20 @@ def main() -> None:
                 row[cache]["vs_accelerate"] = row[cache]["tok_s"] / acc[cache]["tok_s"]
 
     _print_table(rows, acc, new)
-    print(f"pager floor (raw store, host tier off, all in the page cache: maps every unit, "
-          f"reads nothing): {pager_s / new:.3f} s per pass")
+    print(f"no disk: the store offloaded the same way with every file in the page cache and the "
+          f"host tier off (every unit filled again each pass, no disk read): a cold pass's "
+          f"floor whatever the disk; the raw store's is the pager's own cost "
+          f"({pager_s / new:.3f} s per pass)")
+    print(f"compute with the {pass_n} torch thread(s) a decoding pass runs with: "
+          f"{compute_pass_s / new:.3f} s per pass")
     if args.json:
         figures = {"model_bytes": model_bytes, "budget": budget, "disk_gb_s": disk_bw / 1e9,
                    "disk_readers": readers, "plain_read_cold_s": plain_cold,
                    "plain_read_warm_s": plain_warm, "raw_bytes": raw_bytes,
                    "resident_tok_s": new / compute_s, "new_tokens": new, "prompt": args.prompt,
                    "pager_floor_s_per_pass": pager_s / new,
+                   "decoding_pass_threads": pass_n,
+                   "compute_decoding_threads_s_per_pass": compute_pass_s / new,
                    "torch_threads": torch.get_num_threads(), "stores": rows, "accelerate": acc}
         pathlib.Path(args.json).write_text(json.dumps(figures, indent=1))
     if not args.workdir:
@@ -435,8 +466,8 @@ def main() -> None:
 def _print_table(rows: list[dict[str, Any]], acc: dict[str, Any], new: int) -> None:
     head = ("store", "disk MB", "x smaller", "decode GB/s", "load cold s (x plain)",
             "load warm s (x plain)", "cache", "tok/s", "x raw", "x accel", "s/pass",
-            "decode s/pass", "compute+decode s/pass", "I/O s/pass", "disk MB/pass",
-            "logical MB/pass")
+            "decode s/pass", "compute+decode s/pass", "I/O s/pass", "no-disk s/pass",
+            "disk MB/pass", "logical MB/pass")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -453,7 +484,7 @@ def _print_table(rows: list[dict[str, Any]], acc: dict[str, Any], new: int) -> N
                 f"{c['decode_s_per_pass']:.3f}" if "decode_s_per_pass" in c else "-",
                 f"{c['compute_while_decoding_s_per_pass']:.3f}"
                 if "compute_while_decoding_s_per_pass" in c else "-",
-                f"{c['io_s_per_pass']:.3f}",
+                f"{c['io_s_per_pass']:.3f}", f"{c['no_disk_s_per_pass']:.3f}",
                 f"{c['disk_mb_per_pass']:.0f}", f"{c['logical_mb_per_pass']:.0f}",
             )
             print("| " + " | ".join(cells) + " |")
