@@ -153,7 +153,10 @@ class OffloadConfig:
         decoded or fetched). None ("auto"): HOST_FRACTION of the RAM available when offloading
         starts, capped at the model's size; 0 turns the tier off.
     drop_cache: drop a local store's file pages from the page cache once a unit that has no
-        host copy is evicted, so every use really reads storage (measuring a disk, say).
+        host copy is evicted, so every use really reads storage (measuring a disk, say, or a
+        model larger than RAM). On the CPU, chunks that are decoded (quantized, compressed)
+        are then read past the page cache (``O_DIRECT`` where the file system allows): no
+        pages to fill, copy and evict for bytes that are not wanted again.
     align: byte alignment of each tensor inside a unit's buffer.
     guard: watch ops while the model runs so weights read outside their module are paged in.
     embedding_rows: an embedding paged as a unit of its own (not tied to another module) loads

@@ -312,6 +312,13 @@ class CpuFiller(Filler):
             return self.worker.submit(self._finish, requests, mapped, keep)
         return _done(self._finish, requests, mapped, keep)
 
+    def _start_reads(self, requests: Sequence[FillRequest]) -> None:
+        if self.drop_cache:  # decoded chunks are read past the page cache: no hint for them
+            store = self.reader.store
+            requests = [r for r in requests if mappable(store, r.layout)]
+        if requests:
+            super()._start_reads(requests)
+
     def _map(self, requests: Sequence[FillRequest]) -> dict[int, MappedArray]:
         store = self.reader.store
         out: dict[int, MappedArray] = {}
@@ -344,7 +351,8 @@ class CpuFiller(Filler):
                 continue
             out.append(torch.from_numpy(m.data()))
         if reads:  # one call: every tensor's reads (and decodes) of the unit in flight at once
-            self.reader.read_rows(reads)
+            # dropping the cache: decoded chunks are read past it (nothing to fill, then evict)
+            self.reader.read_rows(reads, direct=self.drop_cache)
         n = sum(r.nbytes for r in requests)
         self._count(n)
         if self.drop_cache and not keep:  # mapped pages are dropped on release, once unmapped

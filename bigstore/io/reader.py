@@ -104,10 +104,14 @@ class ChunkReader:
 
     # -- public -------------------------------------------------------------------------------
     def read_rows(
-        self, requests: Iterable[RowRequest], *, progress: Any = None, confirm: bool = True
+        self, requests: Iterable[RowRequest], *, progress: Any = None, confirm: bool = True,
+        direct: bool = False,
     ) -> None:
         """Fill each request's buffer with its rows (every request may name another array).
-        ``confirm=False``: the caller calls :meth:`confirm` itself once its reads are done."""
+        ``confirm=False``: the caller calls :meth:`confirm` itself once its reads are done.
+        ``direct``: the bytes will not be wanted again soon; chunks that are decoded (quantized
+        parts, compressed chunks) are read past the page cache where the store can
+        (:meth:`Store.read_direct`): no cache pages to fill, copy from and evict."""
         jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]] = []
         quantized: list[tuple[QuantizedLayout, ChunkPiece, memoryview]] = []
         for req in requests:
@@ -122,7 +126,7 @@ class ChunkReader:
             if reads:
                 jobs.append((lay, reads, [out]))
         with self.guard(confirm=confirm):
-            self._execute_checked(jobs, progress, quantized)
+            self._execute_checked(jobs, progress, quantized, direct=direct)
 
     def read_chunks(
         self, layout: ArrayLayout, chunks: Sequence[int], outs: Sequence[Any],
@@ -216,7 +220,8 @@ class ChunkReader:
 
     def _execute_checked(
         self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any,
-        extra: Sequence[tuple[QuantizedLayout, ChunkPiece, memoryview]] = (),
+        extra: Sequence[tuple[QuantizedLayout, ChunkPiece, memoryview]] = (), *,
+        direct: bool = False,
     ) -> None:
         # the backstop of callers' own checks: the chunks at both ends of what is read
         ends = [(lay, k) for lay, reads, _ in jobs
@@ -226,11 +231,12 @@ class ChunkReader:
             ends += [(lay, k) for k in {min(ks), max(ks)}]
         self._check_backed(ends)
         try:
-            self._execute(jobs, progress, extra)
+            self._execute(jobs, progress, extra, direct)
         except (StoreNotFoundError, CorruptChunkError):
             if self._state() != "appended":
                 raise  # the guard tells a replaced store from real damage
-            self._execute(jobs, None, extra)  # an append rewrote a shard we had the old index of
+            # an append rewrote a shard we had the old index of
+            self._execute(jobs, None, extra, direct)
 
     def check_chunk(self, layout: ArrayLayout, k: int) -> None:
         """Re-check chunk ``k`` completely: present, its size, its checksum, that it decodes."""
@@ -302,6 +308,7 @@ class ChunkReader:
     def _execute(
         self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any,
         extra: Sequence[tuple[QuantizedLayout, ChunkPiece, memoryview]] = (),
+        direct: bool = False,
     ) -> None:
         """Run the plans of ``jobs`` and the quantized pieces ``extra``, several at once on the
         shared pool."""
@@ -309,8 +316,8 @@ class ChunkReader:
         for layout, reads, outs in jobs:
             ops = plan_reads(reads, self._locate(layout),
                              max_gap=self.config.max_gap, max_request=self.config.max_request)
-            work.extend(partial(self._run_op, layout, op, reads, outs) for op in ops)
-        work.extend(partial(self._run_quantized, lay, p, out) for lay, p, out in extra)
+            work.extend(partial(self._run_op, layout, op, reads, outs, direct) for op in ops)
+        work.extend(partial(self._run_quantized, lay, p, out, direct) for lay, p, out in extra)
         if len(work) == 1:
             n = work[0]()
             if progress is not None:
@@ -320,7 +327,8 @@ class ChunkReader:
             if progress is not None:
                 progress.update(n)
 
-    def _run_quantized(self, layout: QuantizedLayout, piece: ChunkPiece, out: memoryview) -> int:
+    def _run_quantized(self, layout: QuantizedLayout, piece: ChunkPiece, out: memoryview,
+                       direct: bool = False) -> int:
         """Logical rows [lo, hi) of chunk ``piece.chunk``: read the parts' rows, dequantize."""
         k = piece.chunk
         first = k * layout.chunk_rows
@@ -330,15 +338,42 @@ class ChunkReader:
         pos = 0
         for span in spans:
             base = k * span.layout.chunk_rows
+            lo, hi = span.start - base, span.stop - base
+            chunk = self._chunk_direct(span.layout, k, f"part-{span.part}") if direct else None
+            if chunk is not None:  # the dequantizer reads the rows where they landed
+                rb = span.layout.row_bytes
+                parts[span.part] = chunk[lo * rb : hi * rb]
+                continue
             buf = arena[pos : pos + span.nbytes]
             pos += span.nbytes
-            self._run_one(span.layout, [ChunkRead(k, span.start - base, span.stop - base)],
-                          [buf])
+            self._run_one(span.layout, [ChunkRead(k, lo, hi)], [buf])
             parts[span.part] = buf
         n = (piece.hi - piece.lo) * layout.row_bytes
         dst = out[piece.dst * layout.row_bytes : piece.dst * layout.row_bytes + n]
         dequantize_rows(layout, first + piece.lo, first + piece.hi, parts, dst)
         return n
+
+    def _chunk_direct(self, layout: ArrayLayout, k: int, slot: str) -> memoryview | None:
+        """Uncompressed chunk ``k`` read past the page cache into this thread's scratch
+        ``slot`` and checked: its data bytes; None where the store cannot read so."""
+        if not layout.codec.raw:
+            return None
+        start = layout.raw_chunk_offset(k)
+        where = layout.where(k, self.store.url)
+        try:
+            got = self.store.read_direct(layout.chunk_key(k), start,
+                                         start + layout.stored_chunk_nbytes,
+                                         partial(_arena, slot=slot))
+        except StoreNotFoundError:
+            raise CorruptChunkError(f"{where}: chunk is missing") from None
+        except TruncatedChunkError as e:
+            raise TruncatedChunkError(f"{where}: truncated ({e})") from None
+        if got is None:
+            return None
+        data = got[: layout.chunk_nbytes]
+        if self.verify and layout.codec.checksum:
+            check_crc([data], got[layout.chunk_nbytes :], where)
+        return data
 
     def _run_one(self, layout: ArrayLayout, reads: list[ChunkRead],
                  outs: list[memoryview]) -> None:
@@ -347,21 +382,28 @@ class ChunkReader:
             self._run_op(layout, op, reads, outs)
 
     def _run_op(
-        self, layout: ArrayLayout, op: ReadOp, reads: list[ChunkRead], outs: list[memoryview]
+        self, layout: ArrayLayout, op: ReadOp, reads: list[ChunkRead], outs: list[memoryview],
+        direct: bool = False,
     ) -> int:
         """Carry out one request; returns the destination bytes it filled."""
+        alloc = partial(_arena, slot="chunk")
         try:
             if op.request is None:
                 (i, _), = op.members
                 # a whole compressed chunk: read into this thread's scratch and decoded from
                 # there, so no buffer is allocated (and faulted in) per chunk
-                stored = self.store.get_into(op.key, partial(_arena, slot="chunk"))
+                got = self.store.read_direct(op.key, 0, None, alloc) if direct else None
+                stored = got if got is not None else self.store.get_into(op.key, alloc)
                 self._decode(layout, reads[i], stored, outs)
             elif layout.codec.raw and self.store.zero_copy_reads:
                 self._scatter(layout, op, reads, outs)
             else:
-                if self.store.zero_copy_reads:  # into scratch, as a whole chunk above
-                    view = _arena(op.request.length, "chunk")
+                got = (self.store.read_direct(op.key, op.request.start, op.request.end, alloc)
+                       if direct else None)
+                if got is not None:
+                    view = got
+                elif self.store.zero_copy_reads:  # into scratch, as a whole chunk above
+                    view = alloc(op.request.length)
                     self.store.read_into(op.key, op.request.start, [view])
                 else:
                     (blob,) = self.store.get_ranges(op.key, [op.request])
@@ -471,12 +513,16 @@ _local = threading.local()
 def _arena(n: int, slot: str = "parts") -> memoryview:
     """``n`` bytes of this thread's scratch ``slot``, for what a job reads and consumes before
     it returns (a quantized chunk's parts; a compressed chunk, in a slot of its own as a part
-    may be one). Reused: a fresh buffer of a few MB costs a page fault per 4 KiB on every job,
-    and its unmap a TLB shootdown (a fifth of a cold int4 pass, NOTES)."""
-    bufs: dict[str, np.ndarray[Any, Any]] | None = getattr(_local, "arenas", None)
+    may be one). Page-aligned, so direct reads may land in it. Reused: a fresh buffer of a few
+    MB costs a page fault per 4 KiB on every job, and its unmap a TLB shootdown (a fifth of a
+    cold int4 pass, NOTES)."""
+    bufs: dict[str, memoryview] | None = getattr(_local, "arenas", None)
     if bufs is None:
         bufs = _local.arenas = {}
     buf = bufs.get(slot)
     if buf is None or buf.nbytes < n:
-        buf = bufs[slot] = np.empty(n, np.uint8)
-    return memoryview(buf)[:n]
+        a = Store.DIRECT_ALIGN
+        raw = np.empty(n + a, np.uint8)
+        skip = -raw.ctypes.data % a
+        buf = bufs[slot] = memoryview(raw[skip : skip + n])
+    return buf[:n]

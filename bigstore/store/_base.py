@@ -229,6 +229,19 @@ class Store(ABC):
         ``durable``: the step itself survives a power loss once this returns."""
         return False
 
+    #: buffers handed to :meth:`read_direct`'s ``alloc`` must start at a multiple of this
+    DIRECT_ALIGN = 4096
+
+    def read_direct(self, key: str, start: int, stop: int | None,
+                    alloc: Callable[[int], memoryview]) -> memoryview | None:
+        """Bytes [start, stop) of ``key`` (``stop`` None: to its end) read past the OS page
+        cache (local files: ``O_DIRECT``, the disk's DMA straight into the buffer), or None
+        where this store or its file system cannot (the caller reads as usual). ``alloc(n)``
+        gives a buffer of ``n`` bytes aligned to :attr:`DIRECT_ALIGN`; the result is a view
+        of it. For reads whose bytes will not be wanted again soon: nothing enters the cache,
+        so nothing has to be evicted (both cost CPU per page). Raises like :meth:`read_into`."""
+        return None
+
     # -- cache hints (no-ops where meaningless) -----------------------------------------------
     def drop_cache(self, key: str) -> None:  # noqa: B027 - optional hook
         """Ask the OS to forget cached pages of ``key`` (local files only)."""

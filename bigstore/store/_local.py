@@ -69,6 +69,7 @@ class LocalStore(Store):
         # Open descriptors are cached (dataset reads hit the same shard many times); the cache
         # belongs to one process: after fork the child starts with an empty one.
         self._fds: PerProcess[_FdCache] = PerProcess(_FdCache)
+        self._direct: bool | None = None  # O_DIRECT works here (None: not tried yet)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -128,6 +129,46 @@ class LocalStore(Store):
             buf = alloc(os.fstat(fd).st_size)
             self._read_fd(fd, key, 0, [buf])
         return buf
+
+    def read_direct(self, key: str, start: int, stop: int | None,
+                    alloc: Callable[[int], memoryview]) -> memoryview | None:
+        if self._direct is False or not hasattr(os, "O_DIRECT"):
+            return None
+        try:
+            fd = os.open(self._path(key),
+                         os.O_RDONLY | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise StoreNotFoundError(f"{self.url}/{key} does not exist") from None
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # a file system without O_DIRECT (tmpfs)
+                self._direct = False
+                return None
+            raise
+        try:
+            size = os.fstat(fd).st_size
+            end = size if stop is None else stop
+            if end > size:
+                raise TruncatedChunkError(
+                    f"{self.url}/{key}: file ends at byte {size}, expected {end}")
+            a = self.DIRECT_ALIGN
+            lo = start // a * a
+            buf = alloc(-(-end // a) * a - lo)
+            pos = 0
+            while lo + pos < end:  # short only at the end of the file
+                n = os.preadv(fd, [buf[pos:]], lo + pos)
+                if n == 0:
+                    raise TruncatedChunkError(
+                        f"{self.url}/{key}: file ends at byte {lo + pos}, expected {end}")
+                pos += n
+        except OSError as e:
+            if e.errno == errno.EINVAL:  # refused after all (alignment rules): read as usual
+                self._direct = False
+                return None
+            raise
+        finally:
+            os.close(fd)
+        self._direct = True
+        return buf[start - lo : end - lo]
 
     def read_into(self, key: str, offset: int, outs: Sequence[memoryview]) -> None:
         with self._fd(key) as fd:

@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bigstore.errors import (
@@ -14,6 +15,7 @@ from bigstore.errors import (
     ConcurrentWriteError,
     InvalidKeyError,
     StoreNotFoundError,
+    TruncatedChunkError,
 )
 from bigstore.store import (
     ByteRange,
@@ -105,6 +107,29 @@ def test_get_into(store: Store) -> None:
         assert asked == [len(data)] and bytes(arena[: len(data)]) == data
     with pytest.raises(StoreNotFoundError):
         store.get_into("c/missing", alloc)
+
+
+def _aligned(n: int) -> memoryview:
+    raw = np.empty(n + Store.DIRECT_ALIGN, np.uint8)
+    skip = -raw.ctypes.data % Store.DIRECT_ALIGN
+    return memoryview(raw[skip : skip + n])
+
+
+def test_read_direct(store: Store) -> None:
+    data = bytes(range(251)) * 50  # 12550 bytes: not a whole number of blocks
+    store.put("d/0", data)
+    got = store.read_direct("d/0", 0, None, _aligned)
+    if got is None:  # not a local file system with O_DIRECT: the caller reads as usual
+        assert not isinstance(store, LocalStore) or not store._direct
+        return
+    assert bytes(got) == data
+    for start, stop in ((0, 4096), (100, 9000), (4096, 12550), (12549, 12550), (5000, 5000)):
+        part = store.read_direct("d/0", start, stop, _aligned)
+        assert part is not None and bytes(part) == data[start:stop]
+    with pytest.raises(TruncatedChunkError):
+        store.read_direct("d/0", 0, len(data) + 1, _aligned)
+    with pytest.raises(StoreNotFoundError):
+        store.read_direct("d/missing", 0, None, _aligned)
 
 
 def test_read_past_end_is_an_error(store: Store) -> None:

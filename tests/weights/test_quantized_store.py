@@ -16,7 +16,7 @@ from torch import nn
 
 import bigstore
 from bigstore.cli import main as cli
-from bigstore.errors import ChecksumError, MissingTensorError
+from bigstore.errors import BigstoreError, ChecksumError, MissingTensorError
 from bigstore.format import QuantizedLayout
 from bigstore.io import CpuFiller, RowRequest
 from bigstore.io.dequant import dequantize_into
@@ -223,6 +223,46 @@ def test_quantized_chunk_damage_is_detected(tmp_path: Path) -> None:
     assert report.corrupted_tensors == [f"{name}/zeros"]
 
 
+@pytest.mark.parametrize("codec", [None, "lossless"])
+def test_direct_reads_equal_cached_ones_and_check_the_same(tmp_path: Path,
+                                                          codec: str | None) -> None:
+    """``read_rows(direct=True)`` (quantized parts and compressed chunks past the page cache)
+    gives the bytes of an ordinary read, and damage is caught the same way."""
+    url = str(tmp_path / "q")
+    w = _weights(torch.bfloat16)
+    bigstore.save(w, url, quantize="int4", chunk_bytes="8KiB", codec=codec)
+    name = QUANTIZED[0]
+    with bigstore.open(url) as ts:
+        outs = {}
+        for direct in (False, True):
+            reqs = []
+            for n in ts:
+                lay = ts.meta(n)
+                buf = np.empty(lay.nbytes, np.uint8)
+                reqs.append(RowRequest(lay, 0, lay.rows, memoryview(buf)))
+                outs[(n, direct)] = buf
+            ts.reader.read_rows(reqs, direct=direct)
+        for n in ts:
+            assert np.array_equal(outs[(n, True)], outs[(n, False)]), n
+        # the direct path was taken (or refused by the file system)
+        assert getattr(ts.store, "_direct", None) is not None
+    f = Path(url) / name / "scales" / "c" / "0" / "0"
+    raw = bytearray(f.read_bytes())
+    raw[3] ^= 0x01
+    f.write_bytes(bytes(raw))
+    with bigstore.open(url) as ts, pytest.raises(ChecksumError, match=rf"{name}/scales"):
+        lay = ts.meta(name)
+        ts.reader.read_rows([RowRequest(lay, 0, lay.rows, memoryview(np.empty(lay.nbytes,
+                                                                             np.uint8)))],
+                            direct=True)
+    f.write_bytes(bytes(raw[:-7]))
+    with bigstore.open(url) as ts, pytest.raises(BigstoreError, match=rf"{name}/scales"):
+        lay = ts.meta(name)
+        ts.reader.read_rows([RowRequest(lay, 0, lay.rows, memoryview(np.empty(lay.nbytes,
+                                                                             np.uint8)))],
+                            direct=True)
+
+
 def test_convert_cli_quantize_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from safetensors.torch import save_file
 
@@ -286,9 +326,10 @@ def qnet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return url, resident
 
 
+@pytest.mark.parametrize("drop_cache", [False, True])
 @pytest.mark.parametrize("budget_units", [1, 2, 100])
 def test_offload_of_a_quantized_store_equals_the_resident_model(
-        qnet: tuple[str, Net], budget_units: int) -> None:
+        qnet: tuple[str, Net], budget_units: int, drop_cache: bool) -> None:
     url, resident = qnet
     with skeleton():
         sk = Net().bfloat16().eval()
@@ -298,7 +339,9 @@ def test_offload_of_a_quantized_store_equals_the_resident_model(
     budget = fixed + sum(sizes[:budget_units]) + sizes[0]
     g = torch.Generator().manual_seed(1)
     inputs: list[Any] = [torch.randint(0, V, (2, n), generator=g) for n in (5, 1, 3)]
-    with offload(sk, url, device="cpu", budget=budget, prefetch=2) as m, torch.no_grad():
+    # drop_cache: the quantized parts are read past the page cache (O_DIRECT) here
+    with offload(sk, url, device="cpu", budget=budget, prefetch=2, drop_cache=drop_cache) as m, \
+            torch.no_grad():
         for x in inputs:
             assert torch.equal(m(x), resident(x))
         assert m.stats.peak_resident_bytes <= budget
