@@ -508,14 +508,17 @@ def _scratch(n: int) -> memoryview:
 
 
 _local = threading.local()
+#: scratch larger than this is allocated per job and not kept: a pool thread keeps at most
+#: this much per slot (5 slots: a quantized chunk's 3 parts, its buffered parts, a chunk)
+ARENA_KEEP = 8 << 20
 
 
 def _arena(n: int, slot: str = "parts") -> memoryview:
     """``n`` bytes of this thread's scratch ``slot``, for what a job reads and consumes before
     it returns (a quantized chunk's parts; a compressed chunk, in a slot of its own as a part
-    may be one). Page-aligned, so direct reads may land in it. Reused: a fresh buffer of a few
-    MB costs a page fault per 4 KiB on every job, and its unmap a TLB shootdown (a fifth of a
-    cold int4 pass, NOTES)."""
+    may be one). Page-aligned, so direct reads may land in it. Reused up to ``ARENA_KEEP``: a
+    fresh buffer of a few MB costs a page fault per 4 KiB on every job, and its unmap a TLB
+    shootdown (a fifth of a cold int4 pass, NOTES)."""
     bufs: dict[str, memoryview] | None = getattr(_local, "arenas", None)
     if bufs is None:
         bufs = _local.arenas = {}
@@ -524,5 +527,7 @@ def _arena(n: int, slot: str = "parts") -> memoryview:
         a = Store.DIRECT_ALIGN
         raw = np.empty(n + a, np.uint8)
         skip = -raw.ctypes.data % a
-        buf = bufs[slot] = memoryview(raw[skip : skip + n])
+        buf = memoryview(raw[skip : skip + n])
+        if n <= ARENA_KEEP:
+            bufs[slot] = buf
     return buf[:n]

@@ -58,3 +58,27 @@ def test_a_buffer_someone_still_sees_is_never_handed_out(hold: str) -> None:
     gc.collect()
     pool.take(4096)
     assert pool.hits == 1  # released now: reused
+
+
+def test_reader_scratch_is_aligned_reused_and_bounded() -> None:
+    import threading
+
+    from bigstore.io.reader import ARENA_KEEP, _arena
+    from bigstore.store import Store
+
+    def addr(v: memoryview) -> int:
+        return np.frombuffer(v, np.uint8).ctypes.data
+
+    a = _arena(10_000, "t")
+    assert addr(a) % Store.DIRECT_ALIGN == 0 and a.nbytes == 10_000
+    b = _arena(5_000, "t")
+    assert addr(b) == addr(a)  # reused: no allocation per job
+    assert addr(_arena(5_000, "u")) != addr(a)  # slots are separate buffers
+    big = _arena(ARENA_KEEP + 1, "t")
+    assert addr(big) % Store.DIRECT_ALIGN == 0
+    assert addr(_arena(5_000, "t")) == addr(a)  # a big one is not kept
+    other: list[int] = []
+    t = threading.Thread(target=lambda: other.append(addr(_arena(5_000, "t"))))
+    t.start()
+    t.join()
+    assert other[0] != addr(a)  # per thread
