@@ -36,16 +36,25 @@ OUT_BF16 = 2
 def _f32_bits_to_bf16(b):  # type: ignore[no-untyped-def]
     if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
         return np.uint16(0x7FC0)  # NaN: torch's canonical quiet NaN
-    # round to nearest, ties to even: add 0x7FFF plus the lowest kept bit, then truncate
-    return np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> 16)
+    return _bf16_rne(b)
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
 def _bf16_rne(b):  # type: ignore[no-untyped-def]
-    """float32 bits -> bfloat16 bits, round to nearest even, for a value known not to be a NaN
-    (infinities and overflow come out right): no branch, so loops of it vectorise."""
+    """float32 bits -> bfloat16 bits, round to nearest even (add 0x7FFF plus the lowest kept
+    bit, then truncate), for a value known not to be a NaN (infinities and overflow come out
+    right): no branch, so loops of it vectorise."""
     return np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))
                      >> np.uint32(16))
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _all_finite(sf):  # type: ignore[no-untyped-def]
+    """No scale of a row is inf or NaN, so none of its dequantized values can be a NaN."""
+    ok = True
+    for g in range(sf.shape[0]):
+        ok &= (sf[g] - sf[g]) == np.float32(0.0)  # false for inf and NaN
+    return ok
 
 
 @nb.njit(cache=True, nogil=True, inline="always")
@@ -249,10 +258,7 @@ def dequantize_int8(q, scales, scale_kind, group, out_kind, out):  # type: ignor
     tmp = np.empty(group, np.float32)
     for i in range(rows):
         half_bits_to_f32(scales[i], scale_kind, sf)
-        finite = out_kind == OUT_BF16
-        for g in range(ng):
-            finite &= (sf[g] - sf[g]) == np.float32(0.0)  # false for inf and NaN
-        if finite:
+        if out_kind == OUT_BF16 and _all_finite(sf):
             qi = q[i]
             oi = out[i]
             for g in range(ng):
@@ -295,11 +301,8 @@ def dequantize_int4(packed, scales, zeros, scale_kind, group, out_kind,  # type:
     direct = group % 2 == 0 and cols % 2 == 0 and out_kind == OUT_BF16
     for i in range(rows):
         half_bits_to_f32(scales[i], scale_kind, sf)
-        finite = True
-        for g in range(ng):
-            finite &= (sf[g] - sf[g]) == np.float32(0.0)  # false for inf and NaN
         pi = packed[i]
-        if direct and finite:
+        if direct and _all_finite(sf):
             oi = out[i]
             for g in range(ng):
                 s = sf[g]
