@@ -271,7 +271,7 @@ def _compute_with_threads(model: Any, ids: torch.Tensor, gkw: dict[str, Any], th
     return best
 
 
-def pager_floor_seconds(cfg: Any, url: pathlib.Path, budget: int, ids: torch.Tensor,
+def no_disk_seconds(cfg: Any, url: pathlib.Path, budget: int, ids: torch.Tensor,
                         gkw: dict[str, Any], repeat: int) -> float:
     """Best ``generate`` time of the store offloaded with no host tier, every file in the page
     cache: each pass fills every streamed unit again (maps, or reads from the page cache and
@@ -397,7 +397,7 @@ def main() -> None:
     contended = {s: contended_compute_seconds(model, ids, gkw, url, args.repeat)
                  for s, url in urls.items() if s != "raw"}
     # every store's pass with no disk at all (each file in the page cache, host tier off)
-    no_disk = {s: pager_floor_seconds(cfg, url, budget, ids, gkw, args.repeat)
+    no_disk = {s: no_disk_seconds(cfg, url, budget, ids, gkw, args.repeat)
                for s, url in urls.items()}
     pager_s = no_disk["raw"]
     # the resident model's compute with the torch threads a decoding pass gets (auto)

@@ -74,3 +74,24 @@ def bytes_read(log: str | Path) -> Counter[str]:
         if f[0] == "read":
             out[f[1]] += int(f[2])
     return out
+
+
+def takes_o_direct(directory: str | Path) -> bool:
+    """Whether files in ``directory`` can be read with ``O_DIRECT`` (tmpfs cannot): what a
+    local store's direct reads need, probed without the store."""
+    import mmap
+
+    probe = Path(directory) / ".o_direct_probe"
+    probe.write_bytes(b"x" * 4096)
+    try:
+        fd = os.open(probe, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+    except OSError:
+        return False
+    try:
+        os.preadv(fd, [mmap.mmap(-1, 4096)], 0)  # mmap: page-aligned
+        return hasattr(os, "O_DIRECT")
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.unlink()

@@ -142,6 +142,12 @@ class ArrayLayout:
         return self.dtype.itemsize * self.numel
 
     @property
+    def decoded(self) -> bool:
+        """Reading it decodes (compressed chunks): CPU work beyond the copy, and bytes worth
+        reading past the page cache when they will not be wanted again."""
+        return not self.codec.raw
+
+    @property
     def stored_nbytes(self) -> int:
         """Bytes a read of the whole array moves from storage, as far as the metadata tells
         (compressed chunks: their sizes are not in it, so ``nbytes``)."""

@@ -242,6 +242,10 @@ class QuantizedLayout(ArrayLayout):
         return self.quant.with_shape((stop - start, *self.shape[1:]))
 
     @property
+    def decoded(self) -> bool:  # dequantized on every read
+        return True
+
+    @property
     def stored_nbytes(self) -> int:
         """Bytes of the parts (what a reader moves), against ``nbytes`` once dequantized."""
         return sum(lay.nbytes for _, lay in self.parts)

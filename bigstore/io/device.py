@@ -182,8 +182,7 @@ class Filler(ABC):
             Worker(8, f"bigstore-fill-{device.type}") if background else None
         )
         # storage hints on a thread of their own: on the shared pool they would queue behind
-        # the chunk reads and decodes of the fill in progress, and the disk would idle (a cold
-        # int4 pass waited 2x longer for its reads, NOTES)
+        # the chunk reads and decodes of the fill in progress while the disk idles
         self.hinter: Worker | None = Worker(64, "bigstore-hint") if background else None
 
     def _count(self, n: int) -> None:
@@ -314,8 +313,7 @@ class CpuFiller(Filler):
 
     def _start_reads(self, requests: Sequence[FillRequest]) -> None:
         if self.drop_cache:  # decoded chunks are read past the page cache: no hint for them
-            store = self.reader.store
-            requests = [r for r in requests if mappable(store, r.layout)]
+            requests = [r for r in requests if not r.layout.decoded]
         if requests:
             super()._start_reads(requests)
 

@@ -69,7 +69,7 @@ class LocalStore(Store):
         # Open descriptors are cached (dataset reads hit the same shard many times); the cache
         # belongs to one process: after fork the child starts with an empty one.
         self._fds: PerProcess[_FdCache] = PerProcess(_FdCache)
-        self._direct: bool | None = None  # O_DIRECT works here (None: not tried yet)
+        self._no_direct = False  # set once O_DIRECT was refused here (tmpfs, say)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -132,7 +132,7 @@ class LocalStore(Store):
 
     def read_direct(self, key: str, start: int, stop: int | None,
                     alloc: Callable[[int], memoryview]) -> memoryview | None:
-        if self._direct is False or not hasattr(os, "O_DIRECT"):
+        if self._no_direct or not hasattr(os, "O_DIRECT"):
             return None
         try:
             fd = os.open(self._path(key),
@@ -141,7 +141,7 @@ class LocalStore(Store):
             raise StoreNotFoundError(f"{self.url}/{key} does not exist") from None
         except OSError as e:
             if e.errno == errno.EINVAL:  # a file system without O_DIRECT (tmpfs)
-                self._direct = False
+                self._no_direct = True
                 return None
             raise
         try:
@@ -162,12 +162,11 @@ class LocalStore(Store):
                 pos += n
         except OSError as e:
             if e.errno == errno.EINVAL:  # refused after all (alignment rules): read as usual
-                self._direct = False
+                self._no_direct = True
                 return None
             raise
         finally:
             os.close(fd)
-        self._direct = True
         return buf[start - lo : end - lo]
 
     def read_into(self, key: str, offset: int, outs: Sequence[memoryview]) -> None:

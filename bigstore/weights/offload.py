@@ -39,7 +39,6 @@ from torch.overrides import TorchFunctionMode
 
 from ..config import HOST_FRACTION, OffloadConfig, ReadConfig, available_memory, parse_bytes
 from ..errors import BigstoreError, BudgetError, DTypeError, MissingTensorError, ShapeError
-from ..format import QuantizedLayout
 from ..format.safetensors import open_weights
 from ..io import Filler, get_executor, make_filler
 from ..plan.schedule import plan_layout
@@ -244,13 +243,18 @@ def _install_vectors(model: nn.Module, ts: TensorStore, device: torch.device,
         return 0
     values = ts.load([w.name for w in vectors], device=device, mmap=False)
     for w in vectors:
-        p = nn.Parameter(values[w.name], requires_grad=False)
-        for name in w.names:
-            mod_name, _, attr = name.rpartition(".")
-            mod = model.get_submodule(mod_name)
-            restore.append((mod._parameters, attr, mod._parameters[attr]))
-            mod._parameters[attr] = p
+        _install_param(model, w, nn.Parameter(values[w.name], requires_grad=False), restore)
     return sum(w.nbytes for w in vectors)
+
+
+def _install_param(model: nn.Module, w: Weight, p: nn.Parameter,
+                   restore: list[tuple[dict[str, Any], str, Any]]) -> None:
+    """``p`` under every name of ``w`` (one object, so a tied weight stays tied)."""
+    for name in w.names:
+        mod_name, _, attr = name.rpartition(".")
+        mod = model.get_submodule(mod_name)
+        restore.append((mod._parameters, attr, mod._parameters[attr]))
+        mod._parameters[attr] = p
 
 
 def _install_buffers(
@@ -390,11 +394,7 @@ def _offload(
         ps = []
         for w in u.weights:
             p = nn.Parameter(_placeholder(w, dev), requires_grad=False)
-            for name in w.names:
-                mod_name, _, attr = name.rpartition(".")
-                mod = model.get_submodule(mod_name)
-                restore.append((mod._parameters, attr, mod._parameters[attr]))
-                mod._parameters[attr] = p
+            _install_param(model, w, p, restore)
             owner[id(p)] = u.index
             ps.append(p)
         params.append(ps)
@@ -426,8 +426,7 @@ def _offload(
     # units whose fills decode (compressed or quantized chunks): CPU work beside the compute
     decoding = frozenset(
         u.index for u in units
-        if dev.type == "cpu" and any(isinstance(layouts[w.name], QuantizedLayout)
-                                     or not layouts[w.name].codec.raw for w in u.weights)
+        if dev.type == "cpu" and any(layouts[w.name].decoded for w in u.weights)
     )
 
     def threads_now() -> int | None:
