@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import bigstore
 from bigstore.errors import BigstoreError
 from bigstore.plan.residency import plan_tiers
-from bigstore.plan.schedule import Schedule
+from bigstore.plan.schedule import Schedule, _keep
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
 from tests._models import tiny_bert, tiny_gpt2, tiny_llama
 from tests.weights.test_offload import Block, Net, _inputs, _skeleton
@@ -55,6 +55,9 @@ def test_plan_tiers_respects_budgets(seq: list[int], sizes: list[int], device: i
     schedule = Schedule(tuple(seq))
     size = dict(enumerate(sizes))
     tiers = plan_tiers(schedule, size, device, host, prefetch)
+
+    def saved(kept: frozenset[int]) -> int:
+        return sum(schedule.uses(u) * size[u] for u in kept)
     assert not tiers.device & tiers.host
     assert sum(size[u] for u in tiers.host) <= host
     streamed = [size[u] for u in size if u not in tiers.device and schedule.uses(u)]
@@ -64,6 +67,15 @@ def test_plan_tiers_respects_budgets(seq: list[int], sizes: list[int], device: i
     assert sum(size[u] for u in tiers.device) + (reserve if streamed else 0) <= max(
         device, sum(size.values())
     )
+    # a shallower window is taken only for more reading kept away than the full one keeps
+    if sum(size.values()) > device:
+        deep = _keep(schedule, size, size, device, prefetch)
+        assert saved(tiers.device) >= saved(deep)
+        if tiers.device != deep:
+            assert saved(tiers.device) > saved(deep)
+            full = sorted((size[u] for u in size if u not in deep and schedule.uses(u)),
+                          reverse=True)
+            assert sum(size[u] for u in deep) + sum(full[: prefetch + 1]) <= device
     for u in size:  # every unit is placed somewhere; unused units never take host memory
         assert tiers.tier(u) in ("device", "host", "storage")
         if not schedule.uses(u):
