@@ -146,8 +146,11 @@ class OffloadConfig:
 
     budget: bytes of weights (parameters and buffers) resident on the device at any time.
     prefetch: units read ahead of the one running (0: load each on demand, synchronously).
-    staging_bytes: size of one pinned host slot of the CUDA staging ring (ring of
-        ``prefetch + 1`` slots, at least 2); unused on CPU, where bytes land in the budget.
+    staging_bytes: host memory for staging, outside the budget, in ``prefetch + 1`` (at least
+        2) times this: on CUDA a ring of pinned slots of this size; on the CPU, the stored
+        bytes of decoded units (quantized, compressed) read ahead of their fills when the
+        page cache cannot read ahead for them (``drop_cache`` reads past it; object stores),
+        so a fill only checks and decodes. Raw units on the CPU land in the budget directly.
     host_budget: bytes of host RAM that keep units between uses (the host tier: pinned memory on
         CUDA; on CPU the units' mapped file pages, or anonymous memory for units that had to be
         decoded or fetched). None ("auto"): HOST_FRACTION of the RAM available when offloading

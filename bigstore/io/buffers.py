@@ -11,6 +11,8 @@
 * :class:`HostBufferPool`: reuses :func:`host_buffer` tensors once nothing references them
   (the CPU offload's read or decoded units: a fresh buffer costs its first-touch page faults on
   every fill).
+* :class:`StagingPool`: page-aligned buffers under a byte cap, taken and given back explicitly
+  (stored bytes read ahead of the fill that decodes them).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import torch
 
 from .. import posix
 
-__all__ = ["BufferPool", "HUGE", "HostBufferPool", "host_buffer", "pinned_buffer"]
+__all__ = ["BufferPool", "HUGE", "HostBufferPool", "StagingFull", "StagingPool", "host_buffer",
+           "pinned_buffer"]
 
 HUGE = 2 << 20
 
@@ -144,3 +147,56 @@ class HostBufferPool:
         """Forget every buffer (those in use stay valid for their holders)."""
         with self._lock:
             self._bufs.clear()
+
+
+class StagingFull(Exception):
+    """A :class:`StagingPool` has no room for a buffer (internal: the caller reads later)."""
+
+
+class StagingPool:
+    """Page-aligned buffers for bytes read ahead, at most ``capacity`` bytes handed out.
+
+    ``take`` hands out a buffer of exactly the size asked (raising :class:`StagingFull` past the
+    cap), ``give`` takes buffers back for reuse. A fill asks for the same sizes pass after pass
+    (the same chunks), so buffers are kept per size and come back with their pages already
+    faulted in; idle buffers are let go once idle and handed-out bytes together would pass the
+    cap. Thread-safe.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0  # bytes handed out
+        self._idle: dict[int, list[memoryview]] = {}
+        self._idle_bytes = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> memoryview:
+        with self._lock:
+            if self.used + nbytes > self.capacity:
+                raise StagingFull(f"{self.used} of {self.capacity} staging bytes in use, "
+                                  f"{nbytes} more asked")
+            self.used += nbytes
+            idle = self._idle.get(nbytes)
+            if idle:
+                self._idle_bytes -= nbytes
+                return idle.pop()
+            while self._idle_bytes and self._idle_bytes + self.used > self.capacity:
+                size = next(iter(s for s, b in self._idle.items() if b))
+                self._idle[size].pop()
+                self._idle_bytes -= size
+        # mmap'd memory: page-aligned, as reads past the page cache need
+        return memoryview(host_buffer(nbytes).numpy())
+
+    def give(self, bufs: list[memoryview]) -> None:
+        """Buffers from :meth:`take` that nothing reads any more."""
+        with self._lock:
+            for b in bufs:
+                self.used -= b.nbytes
+                self._idle.setdefault(b.nbytes, []).append(b)
+                self._idle_bytes += b.nbytes
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes handed out or kept idle."""
+        with self._lock:
+            return self.used + self._idle_bytes

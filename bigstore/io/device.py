@@ -26,7 +26,7 @@ import queue
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -35,13 +35,14 @@ import numpy as np
 import torch
 
 from ..format import ArrayLayout, QuantizedLayout
-from .buffers import HostBufferPool, host_buffer, pinned_buffer
+from .buffers import HostBufferPool, StagingPool, host_buffer, pinned_buffer
+from .executor import get_executor
 from .mapping import MappedArray, mappable, readahead, verify_many
 from .producer import Worker
-from .reader import ChunkReader, RowRequest
+from .reader import ChunkReader, Fetch, RowRequest
 
 __all__ = ["CpuFiller", "CudaFiller", "FillRequest", "Filled", "Filler", "HostCopy", "Piece",
-           "make_filler", "plan_pieces"]
+           "Staged", "make_filler", "plan_pieces"]
 
 
 @dataclass(frozen=True)
@@ -152,11 +153,31 @@ class Filled:
     host: HostCopy | None = None
     from_storage: int = 0
     from_host: int = 0
+    staged: bool = False  # the stored bytes had been read ahead (:meth:`Filler.hint`)
+
+
+@dataclass
+class Staged:
+    """A unit's stored bytes read ahead of its fill (:meth:`Filler.hint`): each fetch's bytes,
+    in buffers of the filler's staging pool, unchecked until the fill uses them."""
+
+    views: dict[Fetch, memoryview]
+    bufs: list[memoryview]
 
 
 def _readahead_all(store: Any, requests: Sequence[FillRequest]) -> None:
     for r in requests:
         readahead(store, r.layout)
+
+
+def _staged(fut: Future[Staged | None] | None) -> Staged | None:
+    """What a stage job read (waiting for it), or None when it read nothing usable."""
+    if fut is None:
+        return None
+    try:
+        return fut.result()
+    except (CancelledError, Exception):  # a stopped hinter: the fill reads for itself
+        return None
 
 
 def _done(fn: Any, *args: Any) -> Future[Any]:
@@ -200,9 +221,12 @@ class Filler(ABC):
 
     @abstractmethod
     def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any, *,
-               host: HostCopy | None = None, keep: bool = False) -> Future[Filled]:
+               host: HostCopy | None = None, keep: bool = False,
+               staged: Future[Staged | None] | None = None) -> Future[Filled]:
         """Start filling ``dst`` (from ``host`` when given, else from storage; ``keep``: also
-        hand back a host copy to keep). The future's result says what was done."""
+        hand back a host copy to keep; ``staged``: what :meth:`hint` returned for these
+        requests, now the fill's to use and give back). The future's result says what was
+        done."""
 
     def release(self, requests: Sequence[FillRequest], tensors: list[torch.Tensor], *,
                 kept: bool = False) -> None:
@@ -210,10 +234,17 @@ class Filler(ABC):
         a host copy still holds the unit)."""
         tensors.clear()
 
-    def hint(self, requests: Sequence[FillRequest]) -> None:
+    def hint(self, requests: Sequence[FillRequest]) -> Future[Staged | None] | None:
         """These requests will be submitted soon (their destination is not free yet): let the
-        storage start on them. Local files only; a hint never reserves or checks anything."""
+        storage start on them. A hint reserves nothing of the budget and checks nothing.
+        Local files get a read-ahead hint; a filler that stages (:class:`CpuFiller`) may
+        instead read the stored bytes ahead into its staging pool and return their future,
+        which the caller passes to :meth:`submit` or :meth:`unstage`."""
         self._start_reads(requests)
+        return None
+
+    def unstage(self, staged: Future[Staged | None] | None) -> None:  # noqa: B027 - a hook
+        """Staged bytes that no fill will use: back to the staging pool (once read)."""
 
     def _start_reads(self, requests: Sequence[FillRequest]) -> None:
         """``posix_fadvise(WILLNEED)`` on every byte of ``requests``, off the caller's thread
@@ -282,13 +313,70 @@ class CpuFiller(Filler):
     fill from it only points the parameters at them again.
     """
 
-    def __init__(self, reader: ChunkReader, *, background: bool, drop_cache: bool) -> None:
+    def __init__(self, reader: ChunkReader, *, background: bool, drop_cache: bool,
+                 staging_bytes: int = 0) -> None:
         super().__init__(reader, torch.device("cpu"), background=background)
         self.drop_cache = drop_cache
         self.recheck = drop_cache
         # read or decoded units land in buffers reused across passes once released: a fresh
         # buffer costs its page faults on every fill (~8% of a cold int4 pass here, NOTES)
         self.buffers = HostBufferPool()
+        # Units that are decoded are read ahead into staging where the page cache cannot do
+        # it: their chunks are read past the cache (drop_cache) or come from an object store.
+        # Their fills then only check and decode, so the next fill fits beside the compute;
+        # without it one fill reads at a time, as the budget allows
+        self.staging = StagingPool(staging_bytes)
+        self._stages = background and staging_bytes > 0 and (
+            drop_cache or reader.store.local_file("zarr.json") is None)
+
+    @property
+    def staging_bytes(self) -> int:
+        return self.staging.held_bytes
+
+    def hint(self, requests: Sequence[FillRequest]) -> Future[Staged | None] | None:
+        decoded = [r for r in requests if r.layout.decoded] if self._stages else []
+        rest = [r for r in requests if not r.layout.decoded] if decoded else requests
+        self._start_reads(rest)
+        if not decoded:
+            return None
+        assert self.hinter is not None
+        return self.hinter.submit(self._stage, decoded)
+
+    def _stage(self, requests: Sequence[FillRequest]) -> Staged | None:
+        """Read the stored bytes of ``requests`` into staging; None when the pool is full or
+        a read fails."""
+        fetches = self.reader.fetches(r.layout for r in requests)
+        bufs: list[memoryview] = []
+
+        def take(n: int) -> memoryview:
+            buf = self.staging.take(n)
+            bufs.append(buf)  # list.append is atomic: reads run on several threads
+            return buf
+
+        def one(f: Fetch) -> memoryview:
+            return self.reader.fetch(f, take, direct=self.drop_cache)
+
+        try:
+            if self.reader.store.is_remote:  # requests wait on the network: several at once
+                pool = get_executor(self.reader.config.threads)
+                views = dict(zip(fetches, pool.map(one, fetches), strict=True))
+            else:  # one after another: the disk gave no more to parallel direct reads here,
+                # and each reading thread would be one more to schedule beside the compute
+                views = {f: one(f) for f in fetches}
+        except Exception:  # StagingFull, or a read failed: the fill reads (and reports) itself
+            self.staging.give(bufs)
+            return None
+        return Staged(views, bufs)
+
+    def unstage(self, staged: Future[Staged | None] | None) -> None:
+        if staged is not None:
+            staged.add_done_callback(self._give_back)
+
+    def _give_back(self, fut: Future[Staged | None]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            got = fut.result()
+            if got is not None:
+                self.staging.give(got.bufs)
 
     def allocate(self, nbytes: int) -> tuple[torch.Tensor, Any]:
         # one tensor per request is made by the fill itself (mapped or read): the buffer is
@@ -296,8 +384,10 @@ class CpuFiller(Filler):
         return torch.empty(0, dtype=torch.uint8), None
 
     def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any, *,
-               host: HostCopy | None = None, keep: bool = False) -> Future[Filled]:
+               host: HostCopy | None = None, keep: bool = False,
+               staged: Future[Staged | None] | None = None) -> Future[Filled]:
         if host is not None:
+            self.unstage(staged)
             return _done(lambda: Filled(tensors=list(host.tensors), from_host=host.nbytes))
         # Mapping is cheap (~1.5 ms a unit) and done here, on the caller's thread: the worker
         # would wait for the GIL behind the model's Python code (5 ms switch interval) many
@@ -308,8 +398,8 @@ class CpuFiller(Filler):
         # others read and decoded on the worker, one unit after another
         self._start_reads(requests)
         if self.worker is not None and self._work_left(requests, mapped):
-            return self.worker.submit(self._finish, requests, mapped, keep)
-        return _done(self._finish, requests, mapped, keep)
+            return self.worker.submit(self._finish, requests, mapped, keep, staged)
+        return _done(self._finish, requests, mapped, keep, staged)
 
     def _start_reads(self, requests: Sequence[FillRequest]) -> None:
         if self.drop_cache:  # decoded chunks are read past the page cache: no hint for them
@@ -332,7 +422,14 @@ class CpuFiller(Filler):
                 or any(not m.verified.all() for m in mapped.values()))
 
     def _finish(self, requests: Sequence[FillRequest], mapped: dict[int, MappedArray],
-                keep: bool) -> Filled:
+                keep: bool, staged: Future[Staged | None] | None = None) -> Filled:
+        try:
+            return self._fill(requests, mapped, keep, _staged(staged))
+        finally:
+            self.unstage(staged)
+
+    def _fill(self, requests: Sequence[FillRequest], mapped: dict[int, MappedArray],
+              keep: bool, staged: Staged | None) -> Filled:
         if self.reader.verify and mapped:  # the unit's chunks together, as `load` does
             with self.reader.guard(confirm=False):  # a replaced store says so
                 for _ in verify_many(mapped.values(), again=self.drop_cache):
@@ -350,13 +447,14 @@ class CpuFiller(Filler):
             out.append(torch.from_numpy(m.data()))
         if reads:  # one call: every tensor's reads (and decodes) of the unit in flight at once
             # dropping the cache: decoded chunks are read past it (nothing to fill, then evict)
-            self.reader.read_rows(reads, direct=self.drop_cache)
+            self.reader.read_rows(reads, direct=self.drop_cache,
+                                  staged=staged.views if staged is not None else None)
         n = sum(r.nbytes for r in requests)
         self._count(n)
         if self.drop_cache and not keep:  # mapped pages are dropped on release, once unmapped
             self._drop([r for i, r in enumerate(requests) if i not in mapped])
         return Filled(tensors=out, host=HostCopy(n, list(out)) if keep else None,
-                      from_storage=n)
+                      from_storage=n, staged=staged is not None)
 
     def _drop(self, requests: Sequence[FillRequest]) -> None:
         # the bytes now live in the budgeted buffer (or are done with): no second copy in the
@@ -415,7 +513,10 @@ class CudaFiller(Filler):
         return buf, ev
 
     def submit(self, requests: Sequence[FillRequest], dst: torch.Tensor, after: Any, *,
-               host: HostCopy | None = None, keep: bool = False) -> Future[Filled]:
+               host: HostCopy | None = None, keep: bool = False,
+               staged: Future[Staged | None] | None = None) -> Future[Filled]:
+        # hints stage nothing here (the ring of pinned slots is this filler's staging)
+        assert staged is None
         if host is not None:  # host tier -> device: asynchronous copies, queued from here
             if host.packed is not None:
                 return _done(self._from_packed, requests, host, dst, after)
@@ -546,5 +647,6 @@ def make_filler(reader: ChunkReader, device: torch.device, *, background: bool,
     if device.type == "cuda":
         return CudaFiller(reader, device, background=background, slots=slots,
                           slot_bytes=slot_bytes)
-    return CpuFiller(reader, background=background, drop_cache=drop_cache)
+    return CpuFiller(reader, background=background, drop_cache=drop_cache,
+                     staging_bytes=slots * slot_bytes)
 

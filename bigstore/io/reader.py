@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -44,7 +44,10 @@ from .backing import check_backed, end_chunks
 from .dequant import dequantize_rows
 from .executor import get_executor
 
-__all__ = ["ChunkReader", "RowRequest", "byte_view"]
+__all__ = ["ChunkReader", "Fetch", "RowRequest", "byte_view"]
+
+#: one read of stored bytes: (object key, start, stop); stop None: to the object's end
+Fetch = tuple[str, int, "int | None"]
 
 
 @dataclass(frozen=True)
@@ -105,13 +108,15 @@ class ChunkReader:
     # -- public -------------------------------------------------------------------------------
     def read_rows(
         self, requests: Iterable[RowRequest], *, progress: Any = None, confirm: bool = True,
-        direct: bool = False,
+        direct: bool = False, staged: Mapping[Fetch, memoryview] | None = None,
     ) -> None:
         """Fill each request's buffer with its rows (every request may name another array).
         ``confirm=False``: the caller calls :meth:`confirm` itself once its reads are done.
         ``direct``: the bytes will not be wanted again soon; chunks that are decoded (quantized
         parts, compressed chunks) are read past the page cache where the store can
-        (:meth:`Store.read_direct`): no cache pages to fill, copy from and evict."""
+        (:meth:`Store.read_direct`): no cache pages to fill, copy from and evict.
+        ``staged``: stored bytes read ahead (:meth:`fetches`, :meth:`fetch`): used instead of
+        reading them again, checked and decoded like any other."""
         jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]] = []
         quantized: list[tuple[QuantizedLayout, ChunkPiece, memoryview]] = []
         for req in requests:
@@ -126,7 +131,73 @@ class ChunkReader:
             if reads:
                 jobs.append((lay, reads, [out]))
         with self.guard(confirm=confirm):
-            self._execute_checked(jobs, progress, quantized, direct=direct)
+            self._execute_checked(jobs, progress, quantized, direct=direct, staged=staged)
+
+    def fetches(self, layouts: Iterable[ArrayLayout]) -> list[Fetch]:
+        """What :meth:`read_rows` reads of the stored bytes of whole arrays ``layouts`` that
+        are decoded (quantized parts, compressed chunks), in the same pieces: to read them
+        ahead with :meth:`fetch` and hand them to ``read_rows(staged=...)``. Arrays read
+        straight into their destination (uncompressed, not quantized) have none."""
+        out: list[Fetch] = []
+        for lay in layouts:
+            if not lay.decoded:
+                continue
+            pieces = plan_rows(lay, 0, lay.rows)
+            if not isinstance(lay, QuantizedLayout):
+                reads = [ChunkRead(p.chunk, p.lo, p.hi, 0, p.dst * lay.row_bytes) for p in pieces]
+                out += self._op_fetches(lay, reads)
+                continue
+            for p in pieces:
+                first = p.chunk * lay.chunk_rows
+                for span in lay.part_spans(first + p.lo, first + p.hi):
+                    part = span.layout
+                    if part.codec.raw:
+                        out.append(_raw_fetch(part, p.chunk))
+                    else:
+                        base = p.chunk * part.chunk_rows
+                        out += self._op_fetches(
+                            part, [ChunkRead(p.chunk, span.start - base, span.stop - base)])
+        return out
+
+    def _op_fetches(self, layout: ArrayLayout, reads: list[ChunkRead]) -> list[Fetch]:
+        ops = plan_reads(reads, self._locate(layout),
+                         max_gap=self.config.max_gap, max_request=self.config.max_request)
+        return [_op_fetch(op) for op in ops]
+
+    def fetch(self, f: Fetch, alloc: Callable[[int], memoryview], *,
+              direct: bool = False) -> memoryview:
+        """The stored bytes of ``f`` in a buffer from ``alloc`` (``direct``: read past the
+        page cache where the store can). Nothing is checked here: :meth:`read_rows` checks
+        them when it uses them. Raises like the store's reads."""
+        mine: list[memoryview] = []
+
+        def take(n: int) -> memoryview:
+            mine.append(alloc(n))
+            return mine[-1]
+
+        got = self._read_stored(f, take, direct)
+        if any(got.obj is m.obj for m in mine):
+            return got
+        out = alloc(got.nbytes)  # an object store's own buffer: into the caller's memory
+        out[:] = got
+        return out
+
+    def _read_stored(self, f: Fetch, alloc: Callable[[int], memoryview],
+                     direct: bool) -> memoryview:
+        """The stored bytes of ``f``: in a buffer from ``alloc`` where the store reads into
+        buffers, else the store's own."""
+        key, start, stop = f
+        got = self.store.read_direct(key, start, stop, alloc) if direct else None
+        if got is not None:
+            return got
+        if stop is None:
+            return self.store.get_into(key, alloc)
+        if self.store.zero_copy_reads:
+            view = alloc(stop - start)
+            self.store.read_into(key, start, [view])
+            return view
+        (blob,) = self.store.get_ranges(key, [ByteRange(start, stop)])
+        return memoryview(blob).cast("B")
 
     def read_chunks(
         self, layout: ArrayLayout, chunks: Sequence[int], outs: Sequence[Any],
@@ -221,7 +292,7 @@ class ChunkReader:
     def _execute_checked(
         self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any,
         extra: Sequence[tuple[QuantizedLayout, ChunkPiece, memoryview]] = (), *,
-        direct: bool = False,
+        direct: bool = False, staged: Mapping[Fetch, memoryview] | None = None,
     ) -> None:
         # the backstop of callers' own checks: the chunks at both ends of what is read
         ends = [(lay, k) for lay, reads, _ in jobs
@@ -231,11 +302,11 @@ class ChunkReader:
             ends += [(lay, k) for k in {min(ks), max(ks)}]
         self._check_backed(ends)
         try:
-            self._execute(jobs, progress, extra, direct)
+            self._execute(jobs, progress, extra, direct, staged)
         except (StoreNotFoundError, CorruptChunkError):
             if self._state() != "appended":
                 raise  # the guard tells a replaced store from real damage
-            # an append rewrote a shard we had the old index of
+            # an append rewrote a shard we had the old index of (staged bytes may be old too)
             self._execute(jobs, None, extra, direct)
 
     def check_chunk(self, layout: ArrayLayout, k: int) -> None:
@@ -308,7 +379,7 @@ class ChunkReader:
     def _execute(
         self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any,
         extra: Sequence[tuple[QuantizedLayout, ChunkPiece, memoryview]] = (),
-        direct: bool = False,
+        direct: bool = False, staged: Mapping[Fetch, memoryview] | None = None,
     ) -> None:
         """Run the plans of ``jobs`` and the quantized pieces ``extra``, several at once on the
         shared pool."""
@@ -316,8 +387,10 @@ class ChunkReader:
         for layout, reads, outs in jobs:
             ops = plan_reads(reads, self._locate(layout),
                              max_gap=self.config.max_gap, max_request=self.config.max_request)
-            work.extend(partial(self._run_op, layout, op, reads, outs, direct) for op in ops)
-        work.extend(partial(self._run_quantized, lay, p, out, direct) for lay, p, out in extra)
+            work.extend(partial(self._run_op, layout, op, reads, outs, direct, staged)
+                        for op in ops)
+        work.extend(partial(self._run_quantized, lay, p, out, direct, staged)
+                    for lay, p, out in extra)
         if len(work) == 1:
             n = work[0]()
             if progress is not None:
@@ -328,7 +401,8 @@ class ChunkReader:
                 progress.update(n)
 
     def _run_quantized(self, layout: QuantizedLayout, piece: ChunkPiece, out: memoryview,
-                       direct: bool = False) -> int:
+                       direct: bool = False,
+                       staged: Mapping[Fetch, memoryview] | None = None) -> int:
         """Logical rows [lo, hi) of chunk ``piece.chunk``: read the parts' rows, dequantize."""
         k = piece.chunk
         first = k * layout.chunk_rows
@@ -339,7 +413,7 @@ class ChunkReader:
         for span in spans:
             base = k * span.layout.chunk_rows
             lo, hi = span.start - base, span.stop - base
-            chunk = self._chunk_direct(span.layout, k, f"part-{span.part}") if direct else None
+            chunk = self._raw_chunk(span.layout, k, f"part-{span.part}", direct, staged)
             if chunk is not None:  # the dequantizer reads the rows where they landed
                 rb = span.layout.row_bytes
                 parts[span.part] = chunk[lo * rb : hi * rb]
@@ -348,73 +422,67 @@ class ChunkReader:
                 arena = _arena(sum(sp.nbytes for sp in spans))
             buf = arena[pos : pos + span.nbytes]
             pos += span.nbytes
-            self._run_one(span.layout, [ChunkRead(k, lo, hi)], [buf], direct)
+            self._run_one(span.layout, [ChunkRead(k, lo, hi)], [buf], direct, staged)
             parts[span.part] = buf
         n = (piece.hi - piece.lo) * layout.row_bytes
         dst = out[piece.dst * layout.row_bytes : piece.dst * layout.row_bytes + n]
         dequantize_rows(layout, first + piece.lo, first + piece.hi, parts, dst)
         return n
 
-    def _chunk_direct(self, layout: ArrayLayout, k: int, slot: str) -> memoryview | None:
-        """Uncompressed chunk ``k`` read past the page cache into this thread's scratch
-        ``slot`` and checked: its data bytes; None where the store cannot read so."""
+    def _raw_chunk(self, layout: ArrayLayout, k: int, slot: str, direct: bool,
+                   staged: Mapping[Fetch, memoryview] | None) -> memoryview | None:
+        """Uncompressed chunk ``k`` as a whole, checked: its data bytes, from ``staged`` or
+        (``direct``) read past the page cache into this thread's scratch ``slot``; None
+        otherwise (the caller reads just the rows it wants)."""
         if not layout.codec.raw:
             return None
-        start = layout.raw_chunk_offset(k)
+        f = _raw_fetch(layout, k)
         where = layout.where(k, self.store.url)
-        try:
-            got = self.store.read_direct(layout.chunk_key(k), start,
-                                         start + layout.stored_chunk_nbytes,
-                                         partial(_arena, slot=slot))
-        except StoreNotFoundError:
-            raise CorruptChunkError(f"{where}: chunk is missing") from None
-        except TruncatedChunkError as e:
-            raise TruncatedChunkError(f"{where}: truncated ({e})") from None
+        got = staged.get(f) if staged is not None else None
+        if got is None and direct:
+            try:
+                got = self.store.read_direct(f[0], f[1], f[2], partial(_arena, slot=slot))
+            except StoreNotFoundError:
+                raise CorruptChunkError(f"{where}: chunk is missing") from None
+            except TruncatedChunkError as e:
+                raise TruncatedChunkError(f"{where}: truncated ({e})") from None
         if got is None:
             return None
+        if got.nbytes != layout.stored_chunk_nbytes:
+            raise TruncatedChunkError(f"{where}: {got.nbytes} bytes stored, "
+                                      f"expected {layout.stored_chunk_nbytes}")
         data = got[: layout.chunk_nbytes]
         if self.verify and layout.codec.checksum:
             check_crc([data], got[layout.chunk_nbytes :], where)
         return data
 
     def _run_one(self, layout: ArrayLayout, reads: list[ChunkRead],
-                 outs: list[memoryview], direct: bool = False) -> None:
+                 outs: list[memoryview], direct: bool = False,
+                 staged: Mapping[Fetch, memoryview] | None = None) -> None:
         for op in plan_reads(reads, self._locate(layout),
                              max_gap=self.config.max_gap, max_request=self.config.max_request):
-            self._run_op(layout, op, reads, outs, direct)
+            self._run_op(layout, op, reads, outs, direct, staged)
 
     def _run_op(
         self, layout: ArrayLayout, op: ReadOp, reads: list[ChunkRead], outs: list[memoryview],
-        direct: bool = False,
+        direct: bool = False, staged: Mapping[Fetch, memoryview] | None = None,
     ) -> int:
         """Carry out one request; returns the destination bytes it filled."""
+        # a request read whole (a compressed chunk, or a range to pick chunks from) lands in
+        # this thread's scratch and is decoded from there: no buffer allocated (and faulted
+        # in) per chunk
         alloc = partial(_arena, slot="chunk")
         try:
-            if op.request is None:
-                (i, _), = op.members
-                # a whole compressed chunk: read into this thread's scratch and decoded from
-                # there, so no buffer is allocated (and faulted in) per chunk
-                got = self.store.read_direct(op.key, 0, None, alloc) if direct else None
-                stored = got if got is not None else self.store.get_into(op.key, alloc)
-                self._decode(layout, reads[i], stored, outs)
-            elif layout.codec.raw and self.store.zero_copy_reads:
+            if op.request is not None and layout.codec.raw and self.store.zero_copy_reads:
                 self._scatter(layout, op, reads, outs)
             else:
-                got = (self.store.read_direct(op.key, op.request.start, op.request.end, alloc)
-                       if direct else None)
-                if got is not None:
-                    view = got
-                elif self.store.zero_copy_reads:  # into scratch, as a whole chunk above
-                    view = alloc(op.request.length)
-                    self.store.read_into(op.key, op.request.start, [view])
-                else:
-                    (blob,) = self.store.get_ranges(op.key, [op.request])
-                    view = memoryview(blob).cast("B")
-                base = op.request.start
+                f = _op_fetch(op)
+                got = staged.get(f) if staged is not None else None
+                stored = got if got is not None else self._read_stored(f, alloc, direct)
+                base = 0 if op.request is None else op.request.start
                 for i, span in op.members:
-                    assert span is not None
-                    self._decode(layout, reads[i], view[span.start - base : span.end - base],
-                                 outs)
+                    part = stored if span is None else stored[span.start - base : span.end - base]
+                    self._decode(layout, reads[i], part, outs)
         except StoreNotFoundError:
             k = reads[op.members[0][0]].chunk
             where = layout.where(k, self.store.url)
@@ -495,6 +563,18 @@ class ChunkReader:
             return
         layout.codec.decode_range_into(stored, dst, r.lo * rb, layout.chunk_nbytes,
                                        verify=self.verify, where=where)
+
+def _raw_fetch(layout: ArrayLayout, k: int) -> Fetch:
+    """Uncompressed chunk ``k`` stored whole: its data and crc32c."""
+    start = layout.raw_chunk_offset(k)
+    return layout.chunk_key(k), start, start + layout.stored_chunk_nbytes
+
+
+def _op_fetch(op: ReadOp) -> Fetch:
+    if op.request is None:
+        return op.key, 0, None
+    return op.key, op.request.start, op.request.end
+
 
 def _layout_key(lay: ArrayLayout) -> Any:
     return (lay.path, lay.shape, lay.chunk_rows, lay.chunks_per_shard, lay.codec,

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import BudgetError
 from ..format import ArrayLayout
-from ..io import Filled, Filler, FillRequest, HostCopy
+from ..io import Filled, Filler, FillRequest, HostCopy, Staged
 from ..plan.residency import Tiers, plan_tiers
 from ..plan.schedule import NEVER, Schedule, choose_victims, plan_layout
 from ._units import Unit
@@ -58,6 +58,7 @@ class PagerStats:
     loads: int = 0
     evictions: int = 0
     demand_loads: int = 0  # loads the forward pass had to wait for without any prefetch
+    staged_loads: int = 0  # loads whose stored bytes had been read ahead into staging
     bytes_loaded: int = 0
     resident_bytes: int = 0
     peak_resident_bytes: int = 0
@@ -84,6 +85,7 @@ class _UnitState:
     keeping: bool = False  # a fill in flight was asked to make a host copy (bytes reserved)
     rows_bytes: int = 0  # loaded as just some rows (an embedding's looked-up rows)
     hinted: int = -1  # the pass in which storage was last told this unit comes soon
+    staged: Future[Staged | None] | None = None  # its stored bytes being read ahead (hint)
 
 
 class Pager:
@@ -144,6 +146,9 @@ class Pager:
                 self.release(st.unit.index)
             st.pins = 0
         self.frames = []
+        for st in self.units:  # read ahead in an earlier pass and not used since: let go
+            if st.staged is not None and st.hinted < self.stats.passes - 1:
+                self._unstage(st)
         self.stats.last_pass = self.stats.this_pass
         t, p = self.stats.total, self.stats.this_pass
         t.storage += p.storage
@@ -310,7 +315,9 @@ class Pager:
         if keep:  # counted from now: the copy is being made
             self.stats.host_bytes += st.nbytes
         st.keeping = keep
-        st.future = self.filler.submit(st.requests, buf, alloc_event, host=st.host, keep=keep)
+        staged, st.staged = st.staged, None
+        st.future = self.filler.submit(st.requests, buf, alloc_event, host=st.host, keep=keep,
+                                       staged=staged)
         return True
 
     def _finish(self, st: _UnitState) -> None:
@@ -330,6 +337,7 @@ class Pager:
         self._unreserve(st)  # a copy was asked for and not made
         self.stats.this_pass.storage += filled.from_storage
         self.stats.this_pass.host += filled.from_host
+        self.stats.staged_loads += filled.staged
         if filled.tensors is not None:  # CPU: one tensor per weight (mapped or read)
             for p, w, t in zip(st.params, st.unit.weights, filled.tensors):
                 p.data = t.view(w.dtype).view(w.shape)
@@ -376,7 +384,12 @@ class Pager:
             if (st.host is None and st.future is None and not st.loaded
                     and st.hinted != self.stats.passes and v not in self.rows_units):
                 st.hinted = self.stats.passes
-                self.filler.hint(st.requests)
+                if st.staged is None:  # else still staged from the last pass: kept
+                    st.staged = self.filler.hint(st.requests)
+
+    def _unstage(self, st: _UnitState) -> None:
+        staged, st.staged = st.staged, None
+        self.filler.unstage(staged)
 
     def _make_room(self, need: int, *, demand: bool, nearer_than: float) -> bool:
         if need > self.budget - self.fixed_bytes:
@@ -438,5 +451,6 @@ class Pager:
                 p.data = ph
             self._unreserve(st)
             self._drop(st)
+            self._unstage(st)
             if st.host is not None:
                 self._free_host(st)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import bigstore
+from bigstore.io import CpuFiller
 from bigstore.store._cache import CachedStore
 from bigstore.weights.offload import offload, skeleton, unique_state_dict
 
@@ -93,3 +94,26 @@ def test_cache_rewritten_store_gets_fresh_namespace(tmp_path: Path) -> None:
     bigstore.save({"a": torch.ones(4)}, url, storage_options=so)  # same shapes, new values
     c2 = CachedStore(open_store(url, so), tmp_path, 1 << 20)
     assert first == c1.dir != c2.dir
+
+
+@pytest.mark.s3
+def test_quantized_offload_from_s3_reads_ahead_into_staging(
+        s3_url: tuple[str, dict[str, Any]]) -> None:
+    # the page cache cannot read ahead for an object store: the packed parts of the layers
+    # due next are staged (fetched several at once) and the fills only check and decode them
+    url, opts = s3_url
+    torch.manual_seed(2)
+    bigstore.quantize(unique_state_dict(Stack()), url, "int4", 16, include=("layers.*.weight",),
+                      min_dim=16, storage_options=opts, chunk_bytes=1024)
+    resident = Stack().eval()
+    resident.load_state_dict(bigstore.load(url, storage_options=opts))
+    x = torch.randn(3, 64)
+    unit = 64 * 64 * 4 + 64 * 4
+    with offload(_skel(), url, device="cpu", budget=3 * unit, storage_options=opts,
+                 host_budget=0) as m, torch.no_grad():
+        for _ in range(3):
+            assert torch.equal(m(x), resident(x))
+        assert m.stats.staged_loads > 0
+        filler = m.filler
+        assert isinstance(filler, CpuFiller)
+    assert filler.staging.used == 0
