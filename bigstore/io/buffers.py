@@ -156,47 +156,76 @@ class StagingFull(Exception):
 class StagingPool:
     """Page-aligned buffers for bytes read ahead, at most ``capacity`` bytes handed out.
 
-    ``take`` hands out a buffer of exactly the size asked (raising :class:`StagingFull` past the
-    cap), ``give`` takes buffers back for reuse. A fill asks for the same sizes pass after pass
-    (the same chunks), so buffers are kept per size and come back with their pages already
-    faulted in; idle buffers are let go once idle and handed-out bytes together would pass the
-    cap. Thread-safe.
+    ``take`` hands out a buffer of the size asked (raising :class:`StagingFull` past the cap),
+    ``give`` takes buffers back for reuse. Sizes are rounded up to one of 16 steps per power
+    of two (at most 1/16 more), and an idle buffer up to a quarter larger is taken before a
+    new one is made, so the chunks of a store - whose compressed sizes all differ - find idle
+    buffers pass after pass, their pages already faulted in. An idle buffer is let go when
+    ``IDLE_TAKES`` takes went by without it (what the early passes staged and the later ones
+    keep resident), or when idle and handed-out bytes together would pass the cap.
+    Thread-safe.
     """
+
+    #: takes an idle buffer waits to be reused before it is let go
+    IDLE_TAKES = 256
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.used = 0  # bytes handed out
-        self._idle: dict[int, list[memoryview]] = {}
-        self._idle_bytes = 0
+        self.used = 0  # bytes handed out (rounded sizes)
+        self.peak = 0  # the most ever handed out at once
+        self._takes = 0
+        self._idle: list[tuple[int, memoryview]] = []  # (take count when given back, buffer)
+        self._lent: dict[int, memoryview] = {}  # id of a lent buffer's memory -> the buffer
         self._lock = threading.Lock()
 
+    @staticmethod
+    def step(nbytes: int) -> int:
+        """The size a buffer for ``nbytes`` has: whole pages, then 16 steps a power of two."""
+        if nbytes <= 16 * mmap.PAGESIZE:
+            return -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+        unit = 1 << (nbytes.bit_length() - 5)
+        return -(-nbytes // unit) * unit
+
     def take(self, nbytes: int) -> memoryview:
+        size = self.step(nbytes)
         with self._lock:
-            if self.used + nbytes > self.capacity:
+            self._takes += 1
+            self._idle = [(t, b) for t, b in self._idle if self._takes - t <= self.IDLE_TAKES]
+            # the smallest idle buffer that holds it without wasting more than a quarter
+            fits = [i for i, (_, b) in enumerate(self._idle)
+                    if size <= b.nbytes <= size + size // 4]
+            pick = min(fits, key=lambda i: self._idle[i][1].nbytes) if fits else None
+            if pick is not None:
+                size = self._idle[pick][1].nbytes
+            if self.used + size > self.capacity:
                 raise StagingFull(f"{self.used} of {self.capacity} staging bytes in use, "
-                                  f"{nbytes} more asked")
-            self.used += nbytes
-            idle = self._idle.get(nbytes)
-            if idle:
-                self._idle_bytes -= nbytes
-                return idle.pop()
-            while self._idle_bytes and self._idle_bytes + self.used > self.capacity:
-                size = next(iter(s for s, b in self._idle.items() if b))
-                self._idle[size].pop()
-                self._idle_bytes -= size
-        # mmap'd memory: page-aligned, as reads past the page cache need
-        return memoryview(host_buffer(nbytes).numpy())
+                                  f"{size} more asked")
+            self.used += size
+            self.peak = max(self.peak, self.used)
+            if pick is not None:
+                buf = self._idle.pop(pick)[1]
+            else:
+                while self._idle and self.idle_bytes + self.used > self.capacity:
+                    self._idle.pop(0)  # the longest idle first
+                # mmap'd memory: page-aligned, as reads past the page cache need
+                buf = memoryview(host_buffer(size).numpy())
+            self._lent[id(buf.obj)] = buf
+        return buf[:nbytes]
 
     def give(self, bufs: list[memoryview]) -> None:
-        """Buffers from :meth:`take` that nothing reads any more."""
+        """Buffers from :meth:`take` (or views of them) that nothing reads any more."""
         with self._lock:
             for b in bufs:
-                self.used -= b.nbytes
-                self._idle.setdefault(b.nbytes, []).append(b)
-                self._idle_bytes += b.nbytes
+                buf = self._lent.pop(id(b.obj))
+                self.used -= buf.nbytes
+                self._idle.append((self._takes, buf))
+
+    @property
+    def idle_bytes(self) -> int:
+        return sum(b.nbytes for _, b in self._idle)
 
     @property
     def held_bytes(self) -> int:
         """Bytes handed out or kept idle."""
         with self._lock:
-            return self.used + self._idle_bytes
+            return self.used + self.idle_bytes

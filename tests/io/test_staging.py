@@ -23,21 +23,49 @@ def _addr(view: memoryview) -> int:
 
 
 def test_staging_pool_caps_reuses_and_aligns() -> None:
-    pool = StagingPool(10_000)
-    a = pool.take(6000)
-    assert _addr(a) % Store.DIRECT_ALIGN == 0  # reads past the page cache may land in it
+    page = Store.DIRECT_ALIGN
+    pool = StagingPool(10 * page)
+    a = pool.take(6 * page - 100)
+    assert a.nbytes == 6 * page - 100 and _addr(a) % page == 0  # direct reads may land in it
     with pytest.raises(StagingFull):
-        pool.take(5000)  # 11000 > the cap: nothing handed out beyond it
-    b = pool.take(4000)
-    assert pool.used == 10_000
+        pool.take(5 * page)  # 11 pages > the cap: nothing handed out beyond it
+    b = pool.take(4 * page)
+    assert pool.used == 10 * page
     where = _addr(a)
-    pool.give([a])
-    again = pool.take(6000)  # the same size comes back: its pages already faulted in
-    assert _addr(again) == where and pool.used == 10_000
+    pool.give([a[100:]])  # a view of it gives it back too
+    again = pool.take(6 * page - 7)  # a size of the same step: its pages already faulted in
+    assert _addr(again) == where and pool.used == 10 * page
     pool.give([again, b])
-    assert pool.used == 0 and pool.held_bytes == 10_000
-    c = pool.take(8000)  # a new size: idle buffers are let go to stay under the cap
-    assert pool.held_bytes <= 10_000 and c.nbytes == 8000
+    assert pool.used == 0 and pool.held_bytes == 10 * page
+    c = pool.take(8 * page)  # a new size: idle buffers are let go to stay under the cap
+    assert pool.held_bytes <= 10 * page and c.nbytes == 8 * page
+
+
+def test_idle_staging_buffers_are_reused_or_let_go() -> None:
+    page = Store.DIRECT_ALIGN
+    pool = StagingPool(100 * page)
+    big = pool.take(40 * page)
+    pool.give([big])
+    # a slightly smaller size reuses it (at most a quarter larger); a much smaller one does not
+    again = pool.take(33 * page)
+    assert pool.used == 40 * page
+    pool.give([again])
+    small = pool.take(8 * page)
+    assert pool.used == 8 * page and pool.held_bytes == 48 * page
+    for _ in range(StagingPool.IDLE_TAKES + 1):  # the big one idles through many takes
+        pool.give([pool.take(8 * page)])
+    pool.give([small])
+    assert pool.held_bytes == 16 * page  # the big one let go; the two small ones stay
+    assert pool.peak == 40 * page  # never more than one big buffer out at once
+
+
+def test_staging_steps_waste_little() -> None:
+    sizes = [1, 4095, 4097, 65_537, 1_000_000, 6_123_457, 17 << 20, (1 << 30) + 1]
+    for n in sizes:
+        s = StagingPool.step(n)
+        assert n <= s <= max(n * 17 // 16, -(-n // 4096) * 4096) and s % 4096 == 0, n
+    # chunks whose compressed sizes differ by little share a step (and so idle buffers)
+    assert StagingPool.step(6_100_000) == StagingPool.step(6_200_000)
 
 
 def _store(tmp_path: Path, kind: str) -> str:
