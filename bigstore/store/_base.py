@@ -232,6 +232,12 @@ class Store(ABC):
     #: buffers handed to :meth:`read_direct`'s ``alloc`` must start at a multiple of this
     DIRECT_ALIGN = 4096
 
+    @property
+    def reads_direct(self) -> bool:
+        """Whether :meth:`read_direct` reads past the page cache here (a local file system
+        that refused ``O_DIRECT`` once turns it off for good)."""
+        return False
+
     def read_direct(self, key: str, start: int, stop: int | None,
                     alloc: Callable[[int], memoryview]) -> memoryview | None:
         """Bytes [start, stop) of ``key`` (``stop`` None: to its end) read past the OS page

@@ -130,6 +130,10 @@ class LocalStore(Store):
             self._read_fd(fd, key, 0, [buf])
         return buf
 
+    @property
+    def reads_direct(self) -> bool:
+        return hasattr(os, "O_DIRECT") and not self._no_direct
+
     def read_direct(self, key: str, start: int, stop: int | None,
                     alloc: Callable[[int], memoryview]) -> memoryview | None:
         if self._no_direct or not hasattr(os, "O_DIRECT"):

@@ -125,7 +125,9 @@ def test_read_direct(store: Store) -> None:
     got = store.read_direct("d/0", 0, None, _aligned)
     if got is None:  # the caller reads as usual; a local store only where O_DIRECT fails
         assert not (isinstance(store, LocalStore) and takes_o_direct(store.root))
+        assert not store.reads_direct  # (a refusal is remembered)
         return
+    assert store.reads_direct
     assert bytes(got) == data
     if isinstance(store, LocalStore):  # past the page cache: it holds none of the file now
         drop_page_cache([store.root / "d" / "0"])
