@@ -340,6 +340,7 @@ class CpuFiller(Filler):
         self._stage_pool = (Executor(max(STAGE_READERS, reader.config.threads), "bigstore-stage")
                             if self._stages else None)
         self._fetches: dict[tuple[str, ...], list[Fetch]] = {}
+        self.decode_jobs: int | None = None  # reads and decodes of a fill at once (None: pool)
 
     @property
     def staging_bytes(self) -> int:
@@ -458,7 +459,7 @@ class CpuFiller(Filler):
             out.append(torch.from_numpy(m.data()))
         if reads:  # one call: every tensor's reads (and decodes) of the unit in flight at once
             # dropping the cache: decoded chunks are read past it (nothing to fill, then evict)
-            self.reader.read_rows(reads, direct=self.drop_cache,
+            self.reader.read_rows(reads, direct=self.drop_cache, jobs=self.decode_jobs,
                                   staged=staged.views if staged is not None else None)
         n = sum(r.nbytes for r in requests)
         self._count(n)

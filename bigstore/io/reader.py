@@ -109,6 +109,7 @@ class ChunkReader:
     def read_rows(
         self, requests: Iterable[RowRequest], *, progress: Any = None, confirm: bool = True,
         direct: bool = False, staged: Mapping[Fetch, memoryview] | None = None,
+        jobs: int | None = None,
     ) -> None:
         """Fill each request's buffer with its rows (every request may name another array).
         ``confirm=False``: the caller calls :meth:`confirm` itself once its reads are done.
@@ -116,8 +117,9 @@ class ChunkReader:
         parts, compressed chunks) are read past the page cache where the store can
         (:meth:`Store.read_direct`): no cache pages to fill, copy from and evict.
         ``staged``: stored bytes read ahead (:meth:`fetches`, :meth:`fetch`): used instead of
-        reading them again, checked and decoded like any other."""
-        jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]] = []
+        reading them again, checked and decoded like any other. ``jobs``: at most this many
+        reads (and decodes) at once (default: the pool's own bound)."""
+        work: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]] = []
         quantized: list[tuple[QuantizedLayout, ChunkPiece, memoryview]] = []
         for req in requests:
             lay = req.layout
@@ -129,9 +131,10 @@ class ChunkReader:
                 continue
             reads = [ChunkRead(p.chunk, p.lo, p.hi, 0, p.dst * lay.row_bytes) for p in pieces]
             if reads:
-                jobs.append((lay, reads, [out]))
+                work.append((lay, reads, [out]))
         with self.guard(confirm=confirm):
-            self._execute_checked(jobs, progress, quantized, direct=direct, staged=staged)
+            self._execute_checked(work, progress, quantized, direct=direct, staged=staged,
+                                  jobs_at_once=jobs)
 
     def fetches(self, layouts: Iterable[ArrayLayout]) -> list[Fetch]:
         """What :meth:`read_rows` reads of the stored bytes of whole arrays ``layouts`` that
@@ -293,6 +296,7 @@ class ChunkReader:
         self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any,
         extra: Sequence[tuple[QuantizedLayout, ChunkPiece, memoryview]] = (), *,
         direct: bool = False, staged: Mapping[Fetch, memoryview] | None = None,
+        jobs_at_once: int | None = None,
     ) -> None:
         # the backstop of callers' own checks: the chunks at both ends of what is read
         ends = [(lay, k) for lay, reads, _ in jobs
@@ -302,12 +306,12 @@ class ChunkReader:
             ends += [(lay, k) for k in {min(ks), max(ks)}]
         self._check_backed(ends)
         try:
-            self._execute(jobs, progress, extra, direct, staged)
+            self._execute(jobs, progress, extra, direct, staged, jobs_at_once)
         except (StoreNotFoundError, CorruptChunkError):
             if self._state() != "appended":
                 raise  # the guard tells a replaced store from real damage
             # an append rewrote a shard we had the old index of (staged bytes may be old too)
-            self._execute(jobs, None, extra, direct)
+            self._execute(jobs, None, extra, direct, at_once=jobs_at_once)
 
     def check_chunk(self, layout: ArrayLayout, k: int) -> None:
         """Re-check chunk ``k`` completely: present, its size, its checksum, that it decodes."""
@@ -380,9 +384,10 @@ class ChunkReader:
         self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any,
         extra: Sequence[tuple[QuantizedLayout, ChunkPiece, memoryview]] = (),
         direct: bool = False, staged: Mapping[Fetch, memoryview] | None = None,
+        at_once: int | None = None,
     ) -> None:
-        """Run the plans of ``jobs`` and the quantized pieces ``extra``, several at once on the
-        shared pool."""
+        """Run the plans of ``jobs`` and the quantized pieces ``extra``, several (at most
+        ``at_once``) at once on the shared pool."""
         work: list[Callable[[], int]] = []
         for layout, reads, outs in jobs:
             ops = plan_reads(reads, self._locate(layout),
@@ -396,7 +401,7 @@ class ChunkReader:
             if progress is not None:
                 progress.update(n)
             return
-        for n in get_executor(self.config.threads).map(_call, work):
+        for n in get_executor(self.config.threads).map(_call, work, in_flight=at_once):
             if progress is not None:
                 progress.update(n)
 

@@ -18,6 +18,7 @@ recorded, host copies are kept first come, first served while the host budget al
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class PagerStats:
     evictions: int = 0
     demand_loads: int = 0  # loads the forward pass had to wait for without any prefetch
     staged_loads: int = 0  # loads whose stored bytes had been read ahead into staging
+    waited_s: float = 0.0  # seconds the model's thread waited for fills, all passes
+    last_pass_s: float = 0.0  # how long the last completed pass took
+    last_pass_waited_s: float = 0.0  # of which it waited for fills
     bytes_loaded: int = 0
     resident_bytes: int = 0
     peak_resident_bytes: int = 0
@@ -125,6 +129,8 @@ class Pager:
         self._recording: list[int] = []
         self.frames: list[list[int]] = []
         self.busy = False  # set while the pager itself touches parameters (the guard skips)
+        self._began = time.perf_counter()  # when the pass in progress began
+        self._waited = 0.0  # how long it waited for fills so far
         self.rows_units: frozenset[int] = frozenset()  # may load just the rows a lookup needs
 
     # -- passes -------------------------------------------------------------------------------
@@ -136,10 +142,15 @@ class Pager:
         self.cursor = 0
         self._recording = []
         self.stats.this_pass = PassBytes()
+        self._began = time.perf_counter()
+        self._waited = 0.0
 
     def end_pass(self) -> None:
         """Close a pass (also one that raised midway, even with KeyboardInterrupt)."""
         self.stats.passes += 1
+        self.stats.last_pass_s = time.perf_counter() - self._began
+        self.stats.last_pass_waited_s = self._waited
+        self.stats.waited_s += self._waited
         for st in self.units:  # a pass that raised midway must not leave pins behind
             if st.pins and st.rows_bytes:
                 st.pins = 1
@@ -326,12 +337,14 @@ class Pager:
             return
         fut = st.future
         assert fut is not None and st.buf is not None
+        t0 = time.perf_counter()
         try:
             filled = fut.result()
         except BaseException:
             self._unreserve(st)
             self._drop(st)
             raise
+        self._waited += time.perf_counter() - t0
         if filled.host is not None and st.keeping:
             st.host, st.keeping = filled.host, False
         self._unreserve(st)  # a copy was asked for and not made

@@ -447,6 +447,31 @@ def test_pass_threads_rule() -> None:
         bigstore.OffloadConfig(compute_threads=-1)
 
 
+def test_fill_jobs_rule() -> None:
+    from types import SimpleNamespace
+
+    from bigstore.weights._pager import PagerStats
+    from bigstore.weights.offload import FILL_BOUND, FillJobs
+
+    stats = PagerStats()
+    pager: Any = SimpleNamespace(stats=stats, schedule=SimpleNamespace(provisional=False))
+    rule = FillJobs(cores=8)
+    assert rule.next(6, pager, decoding=True) == 2  # the cores torch leaves
+    assert rule.next(8, pager, decoding=True) == 1
+    assert rule.next(6, pager, decoding=False) is None  # no decoding: the pool as ever
+    # the first passes (order unknown, loads on demand) may wait as much as they like
+    stats.passes, stats.last_pass_s, stats.last_pass_waited_s = 1, 1.0, 0.9
+    assert rule.next(6, pager, decoding=True) == 2
+    stats.passes, stats.demand_loads = 3, 4  # a unit loaded on demand: not a steady pass
+    assert rule.next(6, pager, decoding=True) == 2
+    stats.last_pass_waited_s = FILL_BOUND * 0.9  # steady, and not bound by its fills
+    assert rule.next(6, pager, decoding=True) == 2
+    stats.last_pass_waited_s = FILL_BOUND  # steady and bound by its fills: the pool, for good
+    assert rule.next(6, pager, decoding=True) is None
+    stats.last_pass_waited_s = 0.0
+    assert rule.next(6, pager, decoding=True) is None
+
+
 def test_compute_threads_hold_during_a_pass_and_are_restored(qnet: tuple[str, Net]) -> None:
     url, resident = qnet
     with skeleton():
@@ -487,13 +512,22 @@ def test_auto_compute_threads_only_for_passes_that_decode(
             with skeleton():
                 sk = Net().bfloat16().eval()
             seen: list[int] = []
+            jobs: list[int | None] = []
             sk.blocks[0].register_forward_pre_hook(
                 lambda *_, s=seen: s.append(torch.get_num_threads()))
             with offload(sk, store, device="cpu", budget=budget, host_budget=host) as m, \
                     torch.no_grad():
+                filler = m.filler
+                assert isinstance(filler, CpuFiller)
+                sk.blocks[0].register_forward_pre_hook(
+                    lambda *_, f=filler, j=jobs: j.append(f.decode_jobs))
                 for _ in range(2):
                     assert torch.equal(m(x), resident(x))
+                assert 0 <= m.stats.last_pass_waited_s <= m.stats.last_pass_s
+                assert m.stats.waited_s >= m.stats.last_pass_waited_s
             assert seen == want, (store, host, seen)
+            # a decoding pass's fills run one job at a time: the core torch left them
+            assert jobs == [1 if t == 1 else None for t in want], (store, host, jobs)
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
