@@ -40,6 +40,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -331,11 +332,22 @@ def main() -> None:
 
     import transformers
 
-    from bigstore.weights.offload import unique_state_dict
 
     transformers.logging.set_verbosity_error()
+    # a directory of its own under --workdir (which picks the disk), removed at the end: each
+    # run writes ~3.6 GB of stores and checkpoints
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-compressed-", dir=args.workdir))
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        _run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: pathlib.Path) -> None:
+    import transformers
+
+    from bigstore.weights.offload import unique_state_dict
+
     cfg = gpt_config(args.quick)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16).eval()
@@ -460,10 +472,6 @@ def main() -> None:
                    "compute_decoding_threads_s_per_pass": compute_pass_s / new,
                    "torch_threads": torch.get_num_threads(), "stores": rows, "accelerate": acc}
         pathlib.Path(args.json).write_text(json.dumps(figures, indent=1))
-    if not args.workdir:
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _print_table(rows: list[dict[str, Any]], acc: dict[str, Any], new: int) -> None:
