@@ -136,16 +136,20 @@ def _run(m: Any, resident: Partial, depths: Sequence[int]) -> None:
             assert torch.equal(m(x), resident(x))
 
 
-@pytest.mark.parametrize("drop_cache", [False, True])
-def test_decoded_units_read_past_the_cache_are_staged(tmp_path: Path, drop_cache: bool) -> None:
-    url, resident = _quantized(tmp_path)
+def _offloaded(url: str, drop_cache: bool) -> tuple[Any, CpuFiller]:
     with skeleton():
         sk = Partial()
     # two decoded layers fit: one computing, one being filled; the others are read ahead
     m = offload(sk, url, device="cpu", budget=2 * WIDTH * WIDTH * 4, prefetch=2, host_budget=0,
                 drop_cache=drop_cache)
-    filler = m.filler
-    assert isinstance(filler, CpuFiller)
+    assert isinstance(m.filler, CpuFiller)
+    return m, m.filler
+
+
+@pytest.mark.parametrize("drop_cache", [False, True])
+def test_decoded_units_read_past_the_cache_are_staged(tmp_path: Path, drop_cache: bool) -> None:
+    url, resident = _quantized(tmp_path)
+    m, filler = _offloaded(url, drop_cache)
     _run(m, resident, [LAYERS] * 4)
     if drop_cache:  # past the page cache: nothing else would read ahead
         assert m.stats.staged_loads >= LAYERS
@@ -158,12 +162,7 @@ def test_decoded_units_read_past_the_cache_are_staged(tmp_path: Path, drop_cache
 
 def test_stages_no_pass_uses_are_let_go(tmp_path: Path) -> None:
     url, resident = _quantized(tmp_path)
-    with skeleton():
-        sk = Partial()
-    m = offload(sk, url, device="cpu", budget=2 * WIDTH * WIDTH * 4, prefetch=2, host_budget=0,
-                drop_cache=True)
-    filler = m.filler
-    assert isinstance(filler, CpuFiller)
+    m, filler = _offloaded(url, drop_cache=True)
     # a pass that ends after layer 3 has staged the layers after it; the passes that follow
     # use only the first two (both fit the budget: nothing more is hinted), so those stages
     # are let go after a pass, not kept until the layers come back
