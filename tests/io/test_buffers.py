@@ -28,6 +28,25 @@ def test_released_buffer_is_reused_and_a_miss_frees_idle_others() -> None:
     assert pool.held_bytes == 100 and d.numel() == 100
 
 
+def test_a_buffer_idle_through_many_takes_is_let_go() -> None:
+    # what early passes needed at once (more units than the planned ones) is not kept for good
+    pool = HostBufferPool()
+    a, b = pool.take(4096), pool.take(8192)
+    del a, b
+    for _ in range(HostBufferPool.IDLE_TAKES):  # hits only: the 8192 one waits, unused
+        t = pool.take(4096)
+        del t
+    assert pool.held_bytes == 4096 + 8192 and pool.misses == 2
+    t = pool.take(4096)
+    assert pool.held_bytes == 4096 and pool.misses == 2  # let go on a hit, past its wait
+    held = pool.take(4096)  # the one in use is never let go, however long it is held
+    for _ in range(HostBufferPool.IDLE_TAKES + 1):
+        u = pool.take(100)
+        del u
+    assert held.data_ptr() != 0 and pool.held_bytes == 4096 + 4096 + 100
+    del t
+
+
 @pytest.mark.parametrize("hold", ["view", "param", "numpy", "memoryview", "tensor"])
 def test_a_buffer_someone_still_sees_is_never_handed_out(hold: str) -> None:
     pool = HostBufferPool()
