@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from pathlib import Path
 
@@ -71,6 +72,11 @@ def _inputs() -> list[torch.Tensor]:
 
 def _unit_sizes(m: OffloadedModel) -> list[int]:
     return [st.nbytes for st in m.pager.units]
+
+
+def _unit_sizes_of(url: str) -> list[int]:
+    with offload(_skeleton(), url, device="cpu", budget="1GiB") as probe:
+        return _unit_sizes(probe)
 
 
 def test_tied_weight_stored_once(saved: tuple[str, Net]) -> None:
@@ -172,6 +178,41 @@ def assert_accounting(pager: object) -> None:
     held = sum(st.nbytes for st in pager.units if st.buf is not None)
     assert pager.stats.resident_bytes == pager.fixed_bytes + held
     assert pager.stats.resident_bytes <= pager.budget
+
+
+def test_the_guard_sees_only_the_pass_thread_and_hands_back_plain_tensors(
+        saved: tuple[str, Net]) -> None:
+    url, ref = saved
+    x = _inputs()[0]
+    with offload(_skeleton(), url, device="cpu", budget=sum(_unit_sizes_of(url)) // 3,
+                 host_budget=0) as m, torch.no_grad():
+        net = m.module
+        assert isinstance(net, Net)
+        out = m(x)
+        assert type(out) is torch.Tensor and torch.equal(out, ref(x))
+        w = net.gate.weight
+        assert type(w * 1) is torch.Tensor  # ops on a paged weight give plain tensors
+
+        def used() -> tuple[int, int]:  # what acquiring units has counted
+            return m.stats.loads, m.stats.this_pass.resident + m.stats.this_pass.storage
+
+        before = used()
+        _ = w.sum()  # outside a pass: nothing is paged or pinned
+        assert used() == before and not any(st.pins for st in m.pager.units)
+        seen: list[bool] = []
+
+        def start(*_: object) -> None:  # during a pass, a read from another thread pages nothing
+            was = used()
+            t = threading.Thread(target=lambda: net.gate.weight + 0)
+            t.start()
+            t.join()
+            seen.append(used() == was)
+
+        hook = net.blocks[0].register_forward_pre_hook(start)
+        assert torch.equal(m(x), ref(x))  # the pass's own read of the gate is paged
+        hook.remove()
+        assert seen == [True]
+    assert copy.deepcopy(w).shape == w.shape  # a copy made outside offload works on its own
 
 
 def test_budget_of_whole_model_reads_nothing_after_first_pass(saved: tuple[str, Net]) -> None:
