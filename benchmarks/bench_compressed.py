@@ -16,13 +16,13 @@ transformers config, bfloat16. For each store:
   store's bytes (one buffered sequential pass);
 - the decode-only time of each codec (chunks already in RAM, the reader's pool), so a cell bound
   by decoding rather than I/O shows it: decode seconds per pass next to the pass time, beside
-  the other floors of a pass: its disk bytes at the disk's O_DIRECT speed (cold), the
+  the other bounds of a pass: its disk bytes at the disk's O_DIRECT speed (cold), the
   resident model's compute time per generated token, and that compute time measured while the
-  pool decodes the store beside it (decode and compute share the cores and the memory bus), and
-  each store's no-disk floor: the store offloaded without a host tier with every file in the
-  page cache (each pass fills every streamed unit again, the disk costs nothing; for the raw
-  store that is the pager's own cost), and the resident model's compute with the torch
-  threads a decoding pass runs with.
+  pool decodes the store beside it without pause (decode and compute share the cores and the
+  memory bus), and each store's no-disk pass: the store offloaded without a host tier with
+  every file in the page cache (each pass fills every streamed unit again, copied out of the
+  cache, the disk costs nothing; for the raw store that is the pager's own cost), and the
+  resident model's compute with the torch threads a decoding pass runs with.
 
 Every offloaded run's generated tokens are checked against the resident model loaded from the
 same store.
@@ -114,8 +114,9 @@ def decode_seconds(url: pathlib.Path, repeat: int) -> tuple[float, int]:
 def contended_compute_seconds(model: Any, ids: torch.Tensor, gkw: dict[str, Any],
                               url: pathlib.Path, repeat: int) -> float:
     """Best time of the resident model's ``generate`` while the reader's pool decodes the
-    store's chunks without pause beside it: the compute floor of an offloaded pass that decodes
-    (both run on the same cores and memory bus; an offloaded pass cannot beat this)."""
+    store's chunks without pause beside it: how much decoding slows the compute on these cores
+    and memory bus. No strict floor of an offloaded pass, which decodes with fewer threads and
+    only part of the time (cold int4 passes ran below it in runs O and R, NOTES)."""
     import threading
 
     jobs = decode_jobs(url)
@@ -278,9 +279,11 @@ def _compute_with_threads(model: Any, ids: torch.Tensor, gkw: dict[str, Any], th
 def no_disk_seconds(cfg: Any, url: pathlib.Path, budget: int, ids: torch.Tensor,
                         gkw: dict[str, Any], repeat: int) -> float:
     """Best ``generate`` time of the store offloaded with no host tier, every file in the page
-    cache: each pass fills every streamed unit again (maps, or reads from the page cache and
-    decodes) but the disk costs nothing. For the raw store it is the pager's own cost of a
-    pass on this machine; for the others, the floor of a cold pass whatever the disk."""
+    cache: each pass fills every streamed unit again (maps, or copies out of the page cache
+    and decodes) but the disk costs nothing. For the raw store it is the pager's own cost of a
+    pass on this machine. For a decoded store it is no strict floor of a cold pass: with
+    ``drop_cache`` that one reads past the page cache into staging (no copy) and can be
+    faster."""
     import transformers
 
     from bigstore.weights.offload import offload, skeleton
@@ -457,9 +460,9 @@ def _run(args: argparse.Namespace, work: pathlib.Path) -> None:
 
     _print_table(rows, acc, new)
     print(f"no disk: the store offloaded the same way with every file in the page cache and the "
-          f"host tier off (every unit filled again each pass, no disk read): a cold pass's "
-          f"floor whatever the disk; the raw store's is the pager's own cost "
-          f"({pager_s / new:.3f} s per pass)")
+          f"host tier off (every unit filled again each pass, copied out of the cache, no disk "
+          f"read); the raw store's is the pager's own cost ({pager_s / new:.3f} s per pass); a "
+          f"cold pass of a decoded store reads past the cache and may beat it")
     print(f"compute with the {pass_n} torch thread(s) a decoding pass runs with: "
           f"{compute_pass_s / new:.3f} s per pass")
     if args.json:
@@ -502,7 +505,7 @@ def _print_table(rows: list[dict[str, Any]], acc: dict[str, Any], new: int) -> N
             print("| " + " | ".join(cells) + " |")
     print(f"compute floor (resident bf16 model): {rows[0]['cold']['compute_s_per_pass']:.3f} s "
           "per pass; compute+decode: the resident model's pass while the pool decodes that "
-          "store without pause beside it (the floor of a pass that decodes on these cores)")
+          "store without pause beside it (how much decoding slows the compute here)")
     if "error" in acc:
         print(f"accelerate: could not run ({acc['error']})")
     for cache in ("cold", "warm"):

@@ -134,7 +134,7 @@ class ChunkReader:
                 work.append((lay, reads, [out]))
         with self.guard(confirm=confirm):
             self._execute_checked(work, progress, quantized, direct=direct, staged=staged,
-                                  jobs_at_once=jobs)
+                                  at_once=jobs)
 
     def fetches(self, layouts: Iterable[ArrayLayout]) -> list[Fetch]:
         """What :meth:`read_rows` reads of the stored bytes of whole arrays ``layouts`` that
@@ -296,7 +296,7 @@ class ChunkReader:
         self, jobs: list[tuple[ArrayLayout, list[ChunkRead], list[memoryview]]], progress: Any,
         extra: Sequence[tuple[QuantizedLayout, ChunkPiece, memoryview]] = (), *,
         direct: bool = False, staged: Mapping[Fetch, memoryview] | None = None,
-        jobs_at_once: int | None = None,
+        at_once: int | None = None,
     ) -> None:
         # the backstop of callers' own checks: the chunks at both ends of what is read
         ends = [(lay, k) for lay, reads, _ in jobs
@@ -306,12 +306,12 @@ class ChunkReader:
             ends += [(lay, k) for k in {min(ks), max(ks)}]
         self._check_backed(ends)
         try:
-            self._execute(jobs, progress, extra, direct, staged, jobs_at_once)
+            self._execute(jobs, progress, extra, direct, staged, at_once)
         except (StoreNotFoundError, CorruptChunkError):
             if self._state() != "appended":
                 raise  # the guard tells a replaced store from real damage
             # an append rewrote a shard we had the old index of (staged bytes may be old too)
-            self._execute(jobs, None, extra, direct, at_once=jobs_at_once)
+            self._execute(jobs, None, extra, direct, at_once=at_once)
 
     def check_chunk(self, layout: ArrayLayout, k: int) -> None:
         """Re-check chunk ``k`` completely: present, its size, its checksum, that it decodes."""

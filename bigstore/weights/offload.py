@@ -89,8 +89,9 @@ class _Guard:
 class _Paged(nn.Parameter):
     """An offloaded weight: its ``.data`` points into its unit's buffer while the unit is
     resident, at a placeholder otherwise. Every op that receives it tells the guard first.
-    Only ops on these parameters pay for the check: a torch-function mode on every op of the
-    pass had cost ~0.011 s of a 0.17 s CPU pass (GPT-2-medium, int4, cold)."""
+    Only ops on these parameters pay for the check (~390 calls a GPT-2-medium pass against
+    ~2,000 ops): a torch-function mode on every op had cost ~0.011 s of a 0.17 s cold int4
+    CPU pass."""
 
     _guard: _Guard | None = None  # (a copy of the parameter made outside offload has none)
     _unit: int = -1
@@ -516,8 +517,8 @@ def _cores() -> int:
 
 
 #: a steady pass that waited for its fills this share of its time is bound by its fills
-#: (measured with one job, 2 cores: int4 and int8 passes waited 6-32% of theirs and ran faster
-#: than with the pool; lossless ones 50-55%, and ran slower)
+#: (measured with one job, 2 cores: int4 and int8 passes waited 6-32% of theirs and ran as fast
+#: as with the pool or faster; lossless ones 47-56%, and ran slower)
 FILL_BOUND = 0.4
 
 
@@ -526,10 +527,11 @@ class FillJobs:
     """How many reads and decodes a CPU fill runs at once in passes that decode.
 
     The cores the pass leaves to decoding: more jobs than that only preempt the model's
-    thread, and the pass waits for the model (an int4 pass on 2 cores: 0.17 -> 0.15 s with one
-    job instead of the pool's four). Once a steady pass (its order known, no unit loaded on
-    demand) waited for its fills ``FILL_BOUND`` of its time, the fills are the bound (a store
-    whose chunks decode slowly: compressed ones), and from then on they get the pool.
+    thread, and the pass waits for the model (a cold int4 pass on 2 cores: 0.172 -> 0.161 s
+    median with one job instead of the pool's four, in one in-process A/B). Once a steady pass
+    (its order known, no unit loaded on demand) waited for its fills ``FILL_BOUND`` of its
+    time, the fills are the bound (a store whose chunks decode slowly: compressed ones), and
+    from then on they get the pool.
     """
 
     cores: int

@@ -43,8 +43,8 @@ def test_a_buffer_idle_through_many_takes_is_let_go() -> None:
     for _ in range(HostBufferPool.IDLE_TAKES + 1):
         u = pool.take(100)
         del u
-    assert held.data_ptr() != 0 and pool.held_bytes == 4096 + 4096 + 100
-    del t
+    assert pool.held_bytes == 4096 + 4096 + 100
+    del t, held
 
 
 @pytest.mark.parametrize("hold", ["view", "param", "numpy", "memoryview", "tensor"])
